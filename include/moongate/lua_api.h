@@ -1,0 +1,15 @@
+/* The C functions Lua code reaches as `require "moongate.core"`. Request
+ * functions take the request's (cx, serial) pair that the runtime keeps inside
+ * each req object, so a stale req object raises an error instead of touching
+ * freed memory. Misuse raises; operational failure returns nil, err. */
+#ifndef MG_LUA_API_H
+#define MG_LUA_API_H
+
+struct lua_State;
+
+int mg_luaopen_core(struct lua_State *L);
+/* Creates a Lua state with the standard libraries, cjson and moongate.core
+ * preloaded, and package.path set to home/lua and config_dir. */
+struct lua_State *mg_lua_newstate(const char *home, const char *config_dir);
+
+#endif

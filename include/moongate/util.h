@@ -1,0 +1,45 @@
+/* Small helpers shared by every subsystem: a growable byte buffer, clocks,
+ * and the parsers for the human-friendly values of a config ("32k", "10s"). */
+#ifndef MG_UTIL_H
+#define MG_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A growable byte buffer. Owns `data`; free with mg_buf_free. */
+typedef struct {
+  char *data;
+  size_t len;
+  size_t cap;
+} mg_buf;
+
+void mg_buf_reserve(mg_buf *b, size_t extra);
+void mg_buf_append(mg_buf *b, const void *p, size_t n);
+void mg_buf_appends(mg_buf *b, const char *s);
+void mg_buf_printf(mg_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Appends `s` as the body of a JSON string (no quotes), escaping as needed. */
+void mg_buf_json_escape(mg_buf *b, const char *s, size_t n);
+void mg_buf_free(mg_buf *b);
+
+/* Aborts the process: used only for out-of-memory, as h2o does. */
+void *mg_xmalloc(size_t n);
+void *mg_xcalloc(size_t n, size_t size);
+void *mg_xrealloc(void *p, size_t n);
+char *mg_xstrdup(const char *s);
+
+uint64_t mg_now_ms(void);          /* monotonic milliseconds */
+double mg_wall_time(void);         /* unix seconds with sub-second precision */
+
+/* "32k", "1m", "512" -> bytes. Returns -1 when the text is not a size. */
+int64_t mg_parse_size(const char *s);
+/* "10s", "1500ms", "1m", "2h", "250" (seconds) -> milliseconds; -1 if invalid. */
+int64_t mg_parse_duration_ms(const char *s);
+/* ":8080", "8080", "127.0.0.1:8080", "[::1]:8080", "*:80" -> host (may be "")
+ * and port. Returns 0, or -1 with a reason in err. */
+int mg_parse_listen(const char *s, char *host, size_t hostlen, int *port,
+                    const char **err);
+
+int mg_strcaseeq(const char *a, size_t alen, const char *b, size_t blen);
+
+#endif

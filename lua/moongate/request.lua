@@ -1,0 +1,134 @@
+-- The request object handed to handlers and policies.
+--
+-- Fields (set for every request):
+--   req.method, req.path, req.query_string, req.remote_addr, req.remote_port,
+--   req.id (the request ID), req.route (route name), req.params (path params)
+-- Lazily built on first use:
+--   req.query            decoded query arguments ({ a = "1", b = { "x", "y" } })
+--   req.headers          request headers, case-insensitive: req.headers["x-api-key"]
+--   req.ctx              a table for policies and handlers to share state
+--   req.upstream_headers headers to add when the request is proxied
+-- Methods:
+--   req:header(name)     same as req.headers[name]
+--   req:all_headers()    a plain table, lower-case names
+--   req:body()           the raw body ("" when none)
+--   req:json()           the decoded JSON body, or nil, err
+--   req:stream(status, headers)  start a chunked response; then
+--   req:write(chunk)     send a chunk now: true, or nil, "closed"
+--   req:finish()         end the stream (also done when the handler returns)
+--   req:sleep(seconds)   wait without blocking the worker
+local core = require "moongate.core"
+local cjson = require "cjson.safe"
+
+local req_header, req_headers, req_body = core.req_header, core.req_headers, core.req_body
+
+local Request = {}
+local methods = {}
+-- Set by the runtime: runs the route's response phase on (req, res).
+local hooks = {}
+
+local HeadersMT = {
+  __index = function(t, name)
+    local r = rawget(t, 1)
+    return req_header(r._cx, r._sn, name)
+  end,
+  __newindex = function() error("req.headers is read-only; use req.upstream_headers", 2) end,
+}
+
+local function unescape(s)
+  s = s:gsub("+", " ")
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function parse_query(qs)
+  local args = {}
+  for pair in qs:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=(.*)$")
+    if not k then k, v = pair, true else v = unescape(v) end
+    k = unescape(k)
+    local prev = args[k]
+    if prev == nil then
+      args[k] = v
+    elseif type(prev) == "table" then
+      prev[#prev + 1] = v
+    else
+      args[k] = { prev, v }
+    end
+  end
+  return args
+end
+
+local lazy = {
+  query = function(r) return parse_query(r.query_string) end,
+  headers = function(r) return setmetatable({ r }, HeadersMT) end,
+  ctx = function() return {} end,
+  upstream_headers = function() return {} end,
+}
+
+Request.__index = function(r, k)
+  local m = methods[k]
+  if m then return m end
+  local make = lazy[k]
+  if make then
+    local v = make(r)
+    rawset(r, k, v)
+    return v
+  end
+  return nil
+end
+
+function methods.header(r, name) return req_header(r._cx, r._sn, name) end
+function methods.all_headers(r) return req_headers(r._cx, r._sn) end
+
+function methods.body(r)
+  local b = rawget(r, "_body")
+  if b == nil then
+    b = req_body(r._cx, r._sn)
+    r._body = b
+  end
+  return b
+end
+
+function methods.json(r)
+  local j = rawget(r, "_json")
+  if j ~= nil then return j end
+  local body = methods.body(r)
+  if body == "" then return nil, "empty body" end
+  local v, err = cjson.decode(body)
+  if v == nil then return nil, err end
+  r._json = v
+  return v
+end
+
+function methods.sleep(r, seconds) return core.sleep(seconds) end
+
+-- Streaming. The response policies run on the status and headers first.
+function methods.stream(r, status, headers)
+  if r._res then error("the response has already started", 2) end
+  local res = { status = status or 200, headers = headers or {}, streaming = true }
+  r._res = res
+  hooks.response_phase(r, res)
+  return core.stream_start(r._cx, r._sn, res.status, res.headers)
+end
+
+function methods.write(r, chunk)
+  local res = r._res
+  if not res or not res.streaming then error("req:write() needs req:stream() first", 2) end
+  if type(chunk) ~= "string" then chunk = tostring(chunk) end
+  return core.stream_write(r._cx, r._sn, chunk)
+end
+
+function methods.finish(r)
+  local res = r._res
+  if not res or not res.streaming then error("req:finish() needs req:stream() first", 2) end
+  core.stream_end(r._cx, r._sn)
+end
+
+local M = { Request = Request, methods = methods, parse_query = parse_query,
+            hooks = hooks }
+
+function M.new(fields)
+  return setmetatable(fields, Request)
+end
+
+return M

@@ -1,0 +1,184 @@
+-- The runtime's Lua side: what happens to one request, from the C dispatch to
+-- the log phase. One instance per Lua state (per worker and generation).
+--
+--   access phase    each policy in the route's chain, in order; one that
+--                   returns a status stops the chain and answers
+--   handler         returns status, body, headers -- or streams
+--   response phase  each policy, in order, may change status/headers/body
+--   send
+--   log phase       each policy, after the response is sent
+--
+-- Error responses (404, 405, 413, 500, a policy's rejection, a handler's
+-- `return 400, "message"`) carry res.error = message and no body; the
+-- `errors` policy turns that into the configured JSON shape. Without it the
+-- shape is {"message": ...}. A Lua error never leaks: the client gets 500
+-- "internal server error", the traceback goes to the error log.
+local core = require "moongate.core"
+local cjson = require "cjson"
+local config = require "moongate.config"
+local request = require "moongate.request"
+
+local M = {}
+
+local routes, global
+local respond, stream_end, response_started = core.respond, core.stream_end, core.response_started
+local co_yield, DONE = coroutine.yield, core.DONE
+local new_request = request.new
+local encode = cjson.encode
+
+local default_messages = {
+  [400] = "bad request", [401] = "unauthorized", [403] = "forbidden",
+  [404] = "not found", [405] = "method not allowed", [408] = "request timeout",
+  [413] = "request body too large", [429] = "too many requests",
+  [500] = "internal server error", [502] = "bad gateway",
+  [503] = "service unavailable", [504] = "gateway timeout",
+}
+M.default_messages = default_messages
+
+local function message_for(status)
+  return default_messages[status] or (status >= 500 and "server error" or "request failed")
+end
+
+-- Builds a response from a handler's or a policy's return values.
+local function make_res(status, body, headers, who)
+  if type(status) ~= "number" or status < 100 or status > 599 or status % 1 ~= 0 then
+    error(string.format("%s returned %s where an HTTP status was expected", who,
+                        tostring(status)), 0)
+  end
+  if headers ~= nil and type(headers) ~= "table" then
+    error(who .. " returned headers that are not a table", 0)
+  end
+  local res = { status = status, headers = headers or {} }
+  if status >= 400 and (body == nil or type(body) == "string") then
+    res.error = body or message_for(status)
+  else
+    res.body = body
+  end
+  return res
+end
+
+local function run_response_phase(req, res)
+  local chain = req._chain
+  for i = 1, #chain do
+    local p = chain[i]
+    if p.response then p.response(p.conf, req, res) end
+  end
+end
+request.hooks.response_phase = run_response_phase
+
+local function has_header(headers, name)
+  for k in pairs(headers) do
+    if type(k) == "string" and k:lower() == name then return true end
+  end
+  return false
+end
+
+local function send(req, res)
+  req._res = res
+  run_response_phase(req, res)
+  local body = res.body
+  if body == nil and res.error then body = { message = res.error } end
+  local headers = res.headers
+  if type(body) == "table" then
+    body = encode(body)
+    if not has_header(headers, "content-type") then headers["Content-Type"] = "application/json" end
+  elseif body == nil then
+    body = ""
+  elseif type(body) ~= "string" then
+    body = tostring(body)
+  elseif body ~= "" and not has_header(headers, "content-type") then
+    headers["Content-Type"] = "text/plain; charset=utf-8"
+  end
+  respond(req._cx, req._sn, res.status, headers, body)
+end
+
+local function run(req, route, status, allow)
+  if status ~= 0 then              -- 404 / 405 / 413 decided by the C server
+    local res = make_res(status, nil, nil, "server")
+    if allow then res.headers["Allow"] = allow end
+    return send(req, res)
+  end
+  local chain = route.chain
+  for i = 1, #chain do
+    local p = chain[i]
+    if p.access then
+      local st, body, headers = p.access(p.conf, req)
+      if st ~= nil then
+        return send(req, make_res(st, body, headers, 'policy "' .. p.name .. '"'))
+      end
+    end
+  end
+  local st, body, headers = route.handler(req)
+  local res = rawget(req, "_res")
+  if res and res.streaming then
+    stream_end(req._cx, req._sn)
+    return
+  end
+  if st == nil then error("the handler returned no status and did not stream", 0) end
+  return send(req, make_res(st, body, headers, "the handler"))
+end
+
+local function log_phase(req)
+  local res = rawget(req, "_res")
+  local chain = req._chain
+  for i = 1, #chain do
+    local p = chain[i]
+    if p.log then
+      local ok, err = pcall(p.log, p.conf, req, res)
+      if not ok then
+        core.log("error", string.format('policy "%s" log phase: %s', p.name, tostring(err)),
+                 string.format('"request_id":%s', encode(req.id)))
+      end
+    end
+  end
+end
+
+local function traceback(err)
+  return debug.traceback(tostring(err), 2)
+end
+
+local function serve(cx, sn, ri, method, path, query, ip, port, id, status, allow, params)
+  local route = ri > 0 and routes[ri] or global
+  local req = new_request({
+    _cx = cx, _sn = sn, _chain = route.chain, method = method, path = path,
+    query_string = query, remote_addr = ip, remote_port = port, id = id,
+    route = route.name, params = params or {},
+  })
+  local ok, err = xpcall(run, traceback, req, route, status, allow)
+  if not ok then
+    core.log("error", "Lua error: " .. tostring(err),
+             string.format('"request_id":%s,"route":%s', encode(req.id), encode(route.name or "")))
+    if not response_started(cx, sn) then
+      req._chain = global.chain
+      local ok2, err2 = pcall(send, req, make_res(500, nil, nil, "server"))
+      if not ok2 and not response_started(cx, sn) then
+        core.log("error", "Lua error while answering 500: " .. tostring(err2),
+                 string.format('"request_id":%s', encode(req.id)))
+        respond(cx, sn, 500, { ["Content-Type"] = "application/json" },
+                '{"message":"internal server error"}')
+      end
+    end
+  end
+  log_phase(req)
+end
+
+-- The body of every pooled coroutine: serve one request, yield DONE, wait
+-- for the next one. A proper tail call, so the stack never grows.
+local function body(...)
+  serve(...)
+  return body(co_yield(DONE))
+end
+
+-- Called by the C side once per Lua state.
+function M.load(path, overrides)
+  local app = config.load(path, overrides)
+  routes, global = app.routes, app.global
+  local c_routes = {}
+  for i, r in ipairs(routes) do
+    c_routes[i] = { methods = r.methods, host = r.host, path = r.path, name = r.name,
+                    max_body = r.max_body, where = path .. ": " .. r.where }
+  end
+  return { settings = app.settings, routes = c_routes, body = body }
+end
+
+return M

@@ -1,0 +1,35 @@
+-- request-id: every request gets an ID that follows it everywhere.
+--
+-- The client's X-Request-ID is kept when it looks sane (1-200 characters,
+-- no control characters); otherwise the ID moongate generated is used. The ID
+-- goes into the access log, upstream (req.upstream_headers) and back to the
+-- client in the response.
+--
+--   policies = { "request-id" }                       -- defaults
+--   policies = { { "request-id", header = "X-Correlation-ID" } }
+local core = require "moongate.core"
+
+local function adopt(conf, req)
+  if req.ctx.request_id_done then return end
+  req.ctx.request_id_done = true
+  if conf.trust_incoming then
+    local incoming = req.headers[conf.header]
+    if incoming and #incoming <= 200 and not incoming:find("[%c]") then
+      req.id = incoming
+      core.set_id(req._cx, req._sn, incoming)
+    end
+  end
+  req.upstream_headers[conf.header] = req.id
+end
+
+return {
+  schema = {
+    header = { type = "string", default = "X-Request-ID" },
+    trust_incoming = { type = "boolean", default = true },
+  },
+  access = adopt,
+  response = function(conf, req, res)
+    adopt(conf, req)                  -- also for answers that skipped access (404)
+    res.headers[conf.header] = req.id
+  end,
+}

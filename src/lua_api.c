@@ -1,0 +1,348 @@
+/* `moongate.core`: the C functions behind the Lua request API, sleep and
+ * logging. The Lua side (lua/moongate/request.lua) wraps them in the req
+ * object operators use; nothing here is meant to be called by operators
+ * directly. See include/moongate/lua_api.h for the calling conventions. */
+#include "moongate/lua_api.h"
+#include "moongate/app.h"
+#include "moongate/http.h"
+#include "moongate/log.h"
+#include "moongate/worker.h"
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <lua-cjson.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The value a pooled coroutine yields when its request is done. */
+char mg_done_key;
+
+/* Returns the request behind (cx, serial) at args 1-2, or raises. */
+static mg_request *check_req(lua_State *L) {
+  mg_coctx *cx = lua_touserdata(L, 1);
+  lua_Integer sn = luaL_checkinteger(L, 2);
+  if (!cx || !cx->req || cx->serial != (uint32_t)sn)
+    luaL_error(L, "request object used after its request finished");
+  return cx->req;
+}
+
+static int l_req_header(lua_State *L) {
+  mg_request *req = check_req(L);
+  size_t nlen;
+  const char *name = luaL_checklstring(L, 3, &nlen);
+  /* Repeated headers read as one comma-joined value (RFC 9110 5.3). */
+  luaL_Buffer b;
+  int found = 0;
+  for (int i = 0; i < req->nhdr; i++) {
+    const mg_header *h = &req->hdr[i];
+    if (!mg_strcaseeq(req->head.data + h->name, h->name_len, name, nlen)) continue;
+    if (found == 0) luaL_buffinit(L, &b);
+    else luaL_addlstring(&b, ", ", 2);
+    luaL_addlstring(&b, req->head.data + h->value, h->value_len);
+    found++;
+  }
+  if (!found) return 0;
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static int l_req_headers(lua_State *L) {
+  mg_request *req = check_req(L);
+  lua_createtable(L, 0, req->nhdr);
+  char name[256];
+  for (int i = 0; i < req->nhdr; i++) {
+    const mg_header *h = &req->hdr[i];
+    size_t n = h->name_len < sizeof name ? h->name_len : sizeof name - 1;
+    for (size_t j = 0; j < n; j++) {
+      char ch = req->head.data[h->name + j];
+      name[j] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    lua_pushlstring(L, name, n);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    if (lua_isstring(L, -1)) {
+      lua_pushliteral(L, ", ");
+      lua_pushlstring(L, req->head.data + h->value, h->value_len);
+      lua_concat(L, 3);
+    } else {
+      lua_pop(L, 1);
+      lua_pushlstring(L, req->head.data + h->value, h->value_len);
+    }
+    lua_rawset(L, -3);
+  }
+  return 1;
+}
+
+static int l_req_body(lua_State *L) {
+  mg_request *req = check_req(L);
+  lua_pushlstring(L, req->body.data ? req->body.data : "", req->body.len);
+  return 1;
+}
+
+static int l_set_id(lua_State *L) {
+  mg_request *req = check_req(L);
+  size_t len;
+  const char *id = luaL_checklstring(L, 3, &len);
+  if (len >= sizeof req->id) len = sizeof req->id - 1;
+  memcpy(req->id, id, len);
+  req->id[len] = '\0';
+  return 0;
+}
+
+static int valid_token(const char *s, size_t n) {
+  if (n == 0) return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c <= 32 || c >= 127 || strchr("\"(),/:;<=>?@[\\]{}", c)) return 0;
+  }
+  return 1;
+}
+
+static void add_header(lua_State *L, mg_buf *out, const char *name, size_t nlen,
+                       int vidx) {
+  size_t vlen;
+  const char *v = lua_tolstring(L, vidx, &vlen);
+  if (!v) luaL_error(L, "header '%s': value must be a string or number", name);
+  for (size_t i = 0; i < vlen; i++)
+    if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0')
+      luaL_error(L, "header '%s': value contains CR, LF or NUL", name);
+  mg_buf_append(out, name, nlen);
+  mg_buf_append(out, ": ", 2);
+  mg_buf_append(out, v, vlen);
+  mg_buf_append(out, "\r\n", 2);
+}
+
+/* Serializes the headers table at `idx` into w->hdrbuf. Framing headers are
+ * the server's business and are dropped. */
+static void serialize_headers(lua_State *L, int idx, mg_buf *out) {
+  out->len = 0;
+  if (lua_isnoneornil(L, idx)) return;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "header names must be strings");
+    size_t nlen;
+    const char *name = lua_tolstring(L, -2, &nlen);
+    if (!valid_token(name, nlen)) luaL_error(L, "invalid header name '%s'", name);
+    if (mg_strcaseeq(name, nlen, "content-length", 14) ||
+        mg_strcaseeq(name, nlen, "transfer-encoding", 17) ||
+        mg_strcaseeq(name, nlen, "connection", 10) ||
+        mg_strcaseeq(name, nlen, "date", 4)) {
+      lua_pop(L, 1);
+      continue;
+    }
+    if (lua_istable(L, -1)) {
+      int n = (int)lua_objlen(L, -1);
+      for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        add_header(L, out, name, nlen, lua_gettop(L));
+        lua_pop(L, 1);
+      }
+    } else {
+      add_header(L, out, name, nlen, lua_gettop(L));
+    }
+    lua_pop(L, 1);
+  }
+}
+
+static int check_status(lua_State *L, int idx) {
+  lua_Integer st = luaL_checkinteger(L, idx);
+  if (st < 100 || st > 599) luaL_error(L, "invalid HTTP status %d", (int)st);
+  return (int)st;
+}
+
+static int l_respond(lua_State *L) {
+  mg_request *req = check_req(L);
+  if (req->resp_started) luaL_error(L, "response already sent");
+  int status = check_status(L, 3);
+  size_t blen = 0;
+  const char *body = lua_isnoneornil(L, 5) ? "" : luaL_checklstring(L, 5, &blen);
+  mg_buf *hb = &req->w->hdrbuf;
+  serialize_headers(L, 4, hb);
+  if (mg_response_send(req, status, hb->data ? hb->data : "", hb->len, body, blen) != 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_stream_start(lua_State *L) {
+  mg_request *req = check_req(L);
+  if (req->resp_started) luaL_error(L, "response already sent");
+  int status = check_status(L, 3);
+  mg_buf *hb = &req->w->hdrbuf;
+  serialize_headers(L, 4, hb);
+  if (mg_response_stream_start(req, status, hb->data ? hb->data : "", hb->len) != 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_stream_write(lua_State *L) {
+  mg_request *req = check_req(L);
+  if (!req->resp_started || req->resp_done) luaL_error(L, "no streaming response in progress");
+  size_t len;
+  const char *data = luaL_checklstring(L, 3, &len);
+  if (mg_response_stream_write(req, data, len) != 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  if (mg_response_should_wait(req)) {
+    /* Backpressure: park until the client has read enough (write_cb resumes
+     * with true, or with nil, "closed" if the client leaves). */
+    req->co->waiting = MG_WAIT_DRAIN;
+    return lua_yield(L, 0);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_stream_end(lua_State *L) {
+  mg_request *req = check_req(L);
+  if (!req->resp_started) luaL_error(L, "no streaming response in progress");
+  if (req->resp_done) return 0;
+  mg_response_stream_end(req);
+  return 0;
+}
+
+static int l_response_started(lua_State *L) {
+  mg_request *req = check_req(L);
+  lua_pushboolean(L, req->resp_started);
+  return 1;
+}
+
+/* ---- sleep ------------------------------------------------------------- */
+
+static void sleep_done(uv_timer_t *t) {
+  mg_coctx *cx = t->data;
+  cx->waiting = MG_WAIT_NONE;
+  mg_coctx_resume(cx, 0);
+}
+
+static int l_sleep(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  if (s < 0) luaL_argerror(L, 1, "must not be negative");
+  mg_coctx *cx = lua_getexdata(L);
+  if (!cx || !cx->app->w) luaL_error(L, "sleep: not inside a request or timer");
+  if (!cx->timer) {
+    cx->timer = mg_xmalloc(sizeof *cx->timer);
+    uv_timer_init(&cx->app->w->loop, cx->timer);
+    cx->timer->data = cx;
+  }
+  cx->waiting = MG_WAIT_SLEEP;
+  uv_timer_start(cx->timer, sleep_done, (uint64_t)(s * 1000 + 0.5), 0);
+  return lua_yield(L, 0);
+}
+
+/* ---- misc ------------------------------------------------------------- */
+
+static int l_log(lua_State *L) {
+  static const char *levels[] = {"debug", "info", "warn", "error", NULL};
+  int level = luaL_checkoption(L, 1, NULL, levels);
+  const char *msg = luaL_checkstring(L, 2);
+  const char *extra = luaL_optstring(L, 3, NULL);    /* pre-encoded JSON members */
+  mg_log(level, extra, "%s", msg);
+  return 0;
+}
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, mg_wall_time());
+  return 1;
+}
+
+static int l_parse_size(lua_State *L) {
+  int64_t v = mg_parse_size(luaL_checkstring(L, 1));
+  if (v < 0) return 0;
+  lua_pushnumber(L, (lua_Number)v);
+  return 1;
+}
+
+static int l_parse_duration(lua_State *L) {
+  int64_t v = mg_parse_duration_ms(luaL_checkstring(L, 1));
+  if (v < 0) return 0;
+  lua_pushnumber(L, (lua_Number)v);
+  return 1;
+}
+
+static int l_parse_listen(lua_State *L) {
+  char host[256];
+  int port;
+  const char *err;
+  if (mg_parse_listen(luaL_checkstring(L, 1), host, sizeof host, &port, &err) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  lua_pushstring(L, host);
+  lua_pushinteger(L, port);
+  return 2;
+}
+
+static int l_method_bit(lua_State *L) {
+  size_t len;
+  const char *m = luaL_checklstring(L, 1, &len);
+  lua_pushinteger(L, mg_method_bit(m, len));
+  return 1;
+}
+
+int mg_luaopen_core(lua_State *L) {
+  static const luaL_Reg fns[] = {
+    {"req_header", l_req_header}, {"req_headers", l_req_headers},
+    {"req_body", l_req_body}, {"set_id", l_set_id},
+    {"respond", l_respond}, {"stream_start", l_stream_start},
+    {"stream_write", l_stream_write}, {"stream_end", l_stream_end},
+    {"response_started", l_response_started},
+    {"sleep", l_sleep}, {"log", l_log}, {"now", l_now},
+    {"parse_size", l_parse_size}, {"parse_duration", l_parse_duration},
+    {"parse_listen", l_parse_listen}, {"method_bit", l_method_bit},
+    {NULL, NULL}};
+  lua_newtable(L);
+  luaL_register(L, NULL, fns);
+  lua_pushlightuserdata(L, &mg_done_key);
+  lua_setfield(L, -2, "DONE");
+  lua_pushliteral(L, MG_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}
+
+#ifdef MG_SYSALLOC
+/* Sanitizer builds: the whole Lua heap goes through malloc so ASan and LSan
+ * see it (GC64 LuaJIT allows a custom allocator). */
+static void *sys_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  if (nsize == 0) { free(ptr); return NULL; }
+  return realloc(ptr, nsize);
+}
+#endif
+
+lua_State *mg_lua_newstate(const char *home, const char *config_dir) {
+#ifdef MG_SYSALLOC
+  lua_State *L = lua_newstate(sys_alloc, NULL);
+#else
+  lua_State *L = luaL_newstate();
+#endif
+  if (!L) return NULL;
+  luaL_openlibs(L);
+  /* package.preload: cjson (linked statically) and moongate.core. */
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, luaopen_cjson);
+  lua_setfield(L, -2, "cjson");
+  lua_pushcfunction(L, mg_luaopen_core);
+  lua_setfield(L, -2, "moongate.core");
+  lua_pop(L, 1);
+  /* require finds the runtime's lua/, then the config's own directory. */
+  lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;%s/?/init.lua;",
+                  home, home, config_dir, config_dir);
+  lua_getfield(L, -2, "path");
+  lua_concat(L, 2);
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+  return L;
+}

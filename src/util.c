@@ -1,0 +1,198 @@
+/* Buffers, clocks and value parsers. See include/moongate/util.h. */
+#include "moongate/util.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+void *mg_xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) { fputs("moongate: out of memory\n", stderr); abort(); }
+  return p;
+}
+
+void *mg_xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (!p) { fputs("moongate: out of memory\n", stderr); abort(); }
+  return p;
+}
+
+void *mg_xrealloc(void *p, size_t n) {
+  void *q = realloc(p, n ? n : 1);
+  if (!q) { fputs("moongate: out of memory\n", stderr); abort(); }
+  return q;
+}
+
+char *mg_xstrdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  return memcpy(mg_xmalloc(n), s, n);
+}
+
+void mg_buf_reserve(mg_buf *b, size_t extra) {
+  if (b->len + extra + 1 <= b->cap) return;
+  size_t cap = b->cap ? b->cap : 256;
+  while (cap < b->len + extra + 1) cap *= 2;
+  b->data = mg_xrealloc(b->data, cap);
+  b->cap = cap;
+}
+
+void mg_buf_append(mg_buf *b, const void *p, size_t n) {
+  mg_buf_reserve(b, n);
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+}
+
+void mg_buf_appends(mg_buf *b, const char *s) { mg_buf_append(b, s, strlen(s)); }
+
+void mg_buf_printf(mg_buf *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  mg_buf_reserve(b, (size_t)n);
+  va_start(ap, fmt);
+  vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  b->len += (size_t)n;
+}
+
+void mg_buf_json_escape(mg_buf *b, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  mg_buf_reserve(b, n + 8);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c == '"' || c == '\\') {
+      char e[2] = {'\\', (char)c};
+      mg_buf_append(b, e, 2);
+    } else if (c < 0x20 || c == 0x7f) {
+      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+      if (c == '\n') mg_buf_append(b, "\\n", 2);
+      else if (c == '\r') mg_buf_append(b, "\\r", 2);
+      else if (c == '\t') mg_buf_append(b, "\\t", 2);
+      else mg_buf_append(b, e, 6);
+    } else {
+      mg_buf_reserve(b, 1);
+      b->data[b->len++] = (char)c;
+      b->data[b->len] = '\0';
+    }
+  }
+}
+
+void mg_buf_free(mg_buf *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+uint64_t mg_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+double mg_wall_time(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Parses a non-negative decimal number with an optional fraction; returns the
+ * position after it, or NULL. */
+static const char *parse_number(const char *s, double *out) {
+  char *end;
+  if (!isdigit((unsigned char)*s)) return NULL;
+  double v = strtod(s, &end);
+  if (end == s || v < 0) return NULL;
+  *out = v;
+  return end;
+}
+
+int64_t mg_parse_size(const char *s) {
+  double v;
+  const char *p = parse_number(s, &v);
+  if (!p) return -1;
+  double mul = 1;
+  if (*p) {
+    switch (tolower((unsigned char)*p)) {
+      case 'k': mul = 1024; break;
+      case 'm': mul = 1024.0 * 1024; break;
+      case 'g': mul = 1024.0 * 1024 * 1024; break;
+      default: return -1;
+    }
+    p++;
+    if (tolower((unsigned char)*p) == 'b') p++;   /* "32kb" */
+    if (*p) return -1;
+  }
+  double r = v * mul;
+  if (r > 9.0e18) return -1;
+  return (int64_t)r;
+}
+
+int64_t mg_parse_duration_ms(const char *s) {
+  double total = 0;
+  const char *p = s;
+  if (!*p) return -1;
+  while (*p) {
+    double v;
+    p = parse_number(p, &v);
+    if (!p) return -1;
+    double mul;
+    if (!*p) {                         /* a bare number means seconds */
+      if (p == s + strlen(s) && total == 0) { mul = 1000; }
+      else return -1;
+    } else if (strncmp(p, "ms", 2) == 0) { mul = 1; p += 2; }
+    else if (*p == 's') { mul = 1000; p++; }
+    else if (*p == 'm') { mul = 60000; p++; }
+    else if (*p == 'h') { mul = 3600000; p++; }
+    else return -1;
+    total += v * mul;
+  }
+  if (total > 9.0e15) return -1;
+  return (int64_t)(total + 0.5);
+}
+
+int mg_parse_listen(const char *s, char *host, size_t hostlen, int *port,
+                    const char **err) {
+  const char *colon;
+  size_t hl = 0;
+  const char *h = "";
+  if (s[0] == '[') {                   /* [v6]:port */
+    const char *close = strchr(s, ']');
+    if (!close || close[1] != ':') { *err = "expected [address]:port"; return -1; }
+    h = s + 1;
+    hl = (size_t)(close - s - 1);
+    colon = close + 1;
+  } else {
+    colon = strrchr(s, ':');
+    if (colon) {
+      if (memchr(s, ':', (size_t)(colon - s))) { *err = "IPv6 addresses need brackets: [::1]:8080"; return -1; }
+      h = s;
+      hl = (size_t)(colon - s);
+    }
+  }
+  const char *ps = colon ? colon + 1 : s;
+  if (!*ps) { *err = "missing port"; return -1; }
+  long p = 0;
+  for (const char *q = ps; *q; q++) {
+    if (!isdigit((unsigned char)*q)) { *err = "port is not a number"; return -1; }
+    p = p * 10 + (*q - '0');
+    if (p > 65535) break;
+  }
+  if (p < 1 || p > 65535) { *err = "port out of range 1-65535"; return -1; }
+  if (hl == 1 && h[0] == '*') hl = 0;
+  if (hl >= hostlen) { *err = "address too long"; return -1; }
+  memcpy(host, h, hl);
+  host[hl] = '\0';
+  *port = (int)p;
+  return 0;
+}
+
+int mg_strcaseeq(const char *a, size_t alen, const char *b, size_t blen) {
+  return alen == blen && strncasecmp(a, b, alen) == 0;
+}
