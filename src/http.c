@@ -145,6 +145,8 @@ void mg_http_accept(mg_worker *w, uv_stream_t *listener) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  int sl = sizeof c->peer;
+  if (uv_tcp_getpeername(&c->tcp, &c->peer.sa, &sl) != 0) c->peer.sa.sa_family = AF_UNSPEC;
   llhttp_init(&c->parser, HTTP_REQUEST, parser_settings());
   c->parser.data = c;
   mg_worker_conn_added(w, c);
@@ -234,8 +236,13 @@ static int conn_write(mg_conn *c, const char *data, size_t len) {
 
 static void head_begin(mg_buf *out, mg_request *req, int status) {
   out->len = 0;
-  mg_buf_printf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status,
-                mg_status_reason(status), mg_worker_date(req->w));
+  mg_buf_append(out, "HTTP/1.1 ", 9);
+  mg_buf_append_uint(out, (uint64_t)status);
+  mg_buf_append(out, " ", 1);
+  mg_buf_appends(out, mg_status_reason(status));
+  mg_buf_append(out, "\r\nDate: ", 8);
+  mg_buf_appends(out, mg_worker_date(req->w));
+  mg_buf_append(out, "\r\n", 2);
 }
 
 static int must_close(const mg_request *req) {
@@ -279,7 +286,11 @@ int mg_response_send(mg_request *req, int status, const char *headers,
   head_begin(out, req, status);
   mg_buf_append(out, headers, hlen);
   if (no_body_status(status)) blen = 0;
-  else mg_buf_printf(out, "Content-Length: %zu\r\n", blen);
+  else {
+    mg_buf_append(out, "Content-Length: ", 16);
+    mg_buf_append_uint(out, blen);
+    mg_buf_append(out, "\r\n", 2);
+  }
   head_end(out, req);
   if (!req->is_head && blen) mg_buf_append(out, body, blen);
   req->bytes_sent += out->len;
@@ -317,7 +328,10 @@ int mg_response_stream_write(mg_request *req, const char *data, size_t len) {
   if (len == 0 || req->is_head || no_body_status(req->status)) return 0;
   mg_buf *out = &req->w->scratch;
   out->len = 0;
-  if (req->chunked) mg_buf_printf(out, "%zx\r\n", len);
+  if (req->chunked) {
+    mg_buf_append_hex(out, len);
+    mg_buf_append(out, "\r\n", 2);
+  }
   mg_buf_append(out, data, len);
   if (req->chunked) mg_buf_append(out, "\r\n", 2);
   req->bytes_sent += out->len;
@@ -713,18 +727,16 @@ static void dispatch(mg_conn *c) {
   mg_request *req = c->req;
   c->dispatched = 1;
   mg_worker_set_timeout(c->w, c, MG_TL_NONE, 0);
-  struct sockaddr_storage ss;
-  int sl = sizeof ss;
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
-    if (ss.ss_family == AF_INET6) {
-      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+  {
+    if (c->peer.sa.sa_family == AF_INET6) {
+      struct sockaddr_in6 *a = &c->peer.v6;
       uv_ip6_name(a, req->remote_ip, sizeof req->remote_ip);
       req->remote_port = ntohs(a->sin6_port);
       /* A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d. */
       if (strncmp(req->remote_ip, "::ffff:", 7) == 0 && strchr(req->remote_ip, '.'))
         memmove(req->remote_ip, req->remote_ip + 7, strlen(req->remote_ip + 7) + 1);
-    } else {
-      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    } else if (c->peer.sa.sa_family == AF_INET) {
+      struct sockaddr_in *a = &c->peer.v4;
       uv_ip4_name(a, req->remote_ip, sizeof req->remote_ip);
       req->remote_port = ntohs(a->sin_port);
     }

@@ -84,6 +84,21 @@ void mg_buf_json_escape(mg_buf *b, const char *s, size_t n) {
   }
 }
 
+void mg_buf_append_uint(mg_buf *b, uint64_t v) {
+  char tmp[24];
+  int i = sizeof tmp;
+  do { tmp[--i] = (char)('0' + v % 10); v /= 10; } while (v);
+  mg_buf_append(b, tmp + i, sizeof tmp - (size_t)i);
+}
+
+void mg_buf_append_hex(mg_buf *b, uint64_t v) {
+  static const char hex[] = "0123456789abcdef";
+  char tmp[16];
+  int i = sizeof tmp;
+  do { tmp[--i] = hex[v & 15]; v >>= 4; } while (v);
+  mg_buf_append(b, tmp + i, sizeof tmp - (size_t)i);
+}
+
 void mg_buf_free(mg_buf *b) {
   free(b->data);
   b->data = NULL;

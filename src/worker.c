@@ -182,8 +182,14 @@ const char *mg_worker_date(mg_worker *w) {
   return w->date;
 }
 
+/* 32 hex digits: a random per-worker prefix and a counter. */
 void mg_worker_new_request_id(mg_worker *w, char *out, size_t outlen) {
-  snprintf(out, outlen, "%s%016llx", w->id_prefix, (unsigned long long)++w->id_counter);
+  static const char hex[] = "0123456789abcdef";
+  if (outlen < 33) { out[0] = '\0'; return; }
+  memcpy(out, w->id_prefix, 16);
+  uint64_t n = ++w->id_counter;
+  for (int i = 31; i >= 16; i--) { out[i] = hex[n & 15]; n >>= 4; }
+  out[32] = '\0';
 }
 
 /* ---- loop callbacks ------------------------------------------------------ */

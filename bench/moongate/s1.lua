@@ -7,6 +7,7 @@ return {
   workers = 1,
   log = { access = false },
   limits = { keepalive_timeout = "300s" },
+  policies = {},          -- like the anchors: no request-id, plain handler
   routes = {
     { "GET", "/", handler = function(req)
         return 200, '{"hello":"world"}\n', { ["Content-Type"] = "application/json" }

@@ -79,6 +79,11 @@ struct mg_conn {
   uint8_t closing, reading, dispatched, in_feed;
   uint8_t peer_eof;            /* 1: client sent EOF; 2: we are ending */
   mg_conn *all_prev, *all_next;
+  union {                      /* the client's address, read once at accept */
+    struct sockaddr sa;
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+  } peer;
 };
 
 /* Accepts one connection from the worker's listener. */

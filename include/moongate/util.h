@@ -21,6 +21,9 @@ void mg_buf_printf(mg_buf *b, const char *fmt, ...)
 /* Appends `s` as the body of a JSON string (no quotes), escaping as needed. */
 void mg_buf_json_escape(mg_buf *b, const char *s, size_t n);
 void mg_buf_free(mg_buf *b);
+/* Fast paths for the response head: no printf on the hot path. */
+void mg_buf_append_uint(mg_buf *b, uint64_t v);
+void mg_buf_append_hex(mg_buf *b, uint64_t v);
 
 /* Aborts the process: used only for out-of-memory, as h2o does. */
 void *mg_xmalloc(size_t n);

@@ -62,6 +62,7 @@ local lazy = {
   query = function(r) return parse_query(r.query_string) end,
   headers = function(r) return setmetatable({ r }, HeadersMT) end,
   ctx = function() return {} end,
+  params = function() return {} end,       -- routes without parameters
   upstream_headers = function() return {} end,
 }
 

@@ -66,9 +66,10 @@ local function run_response_phase(req, res)
 end
 request.hooks.response_phase = run_response_phase
 
-local function has_header(headers, name)
+local function has_content_type(headers)
+  if headers["Content-Type"] or headers["content-type"] then return true end
   for k in pairs(headers) do
-    if type(k) == "string" and k:lower() == name then return true end
+    if type(k) == "string" and k:lower() == "content-type" then return true end
   end
   return false
 end
@@ -81,12 +82,12 @@ local function send(req, res)
   local headers = res.headers
   if type(body) == "table" then
     body = encode(body)
-    if not has_header(headers, "content-type") then headers["Content-Type"] = "application/json" end
+    if not has_content_type(headers) then headers["Content-Type"] = "application/json" end
   elseif body == nil then
     body = ""
   elseif type(body) ~= "string" then
     body = tostring(body)
-  elseif body ~= "" and not has_header(headers, "content-type") then
+  elseif body ~= "" and not has_content_type(headers) then
     headers["Content-Type"] = "text/plain; charset=utf-8"
   end
   respond(req._cx, req._sn, res.status, headers, body)
@@ -142,7 +143,7 @@ local function serve(cx, sn, ri, method, path, query, ip, port, id, status, allo
   local req = new_request({
     _cx = cx, _sn = sn, _chain = route.chain, method = method, path = path,
     query_string = query, remote_addr = ip, remote_port = port, id = id,
-    route = route.name, params = params or {},
+    route = route.name, params = params,
   })
   local ok, err = xpcall(run, traceback, req, route, status, allow)
   if not ok then
