@@ -482,21 +482,60 @@ static void parser_failed(mg_conn *c, llhttp_errno_t e) {
   conn_error(c, status, msg ? msg : "bad request");
 }
 
+/* Line ends in a head are CRLF and nothing else. RFC 9112 lets a recipient
+ * accept a bare LF (2.2) or unfold obs-fold (5.2), and llhttp does both in
+ * places; we refuse them, so no later hop can read the head differently.
+ * Scans [from, end), remembering the last byte across reads. Returns the
+ * reason for a 400, or NULL. */
+static const char *head_line_end_error(mg_conn *c, const char *from, const char *end) {
+  if (from < end && c->prev_byte == '\n' && (*from == ' ' || *from == '\t'))
+    return "obsolete line folding in the request head";
+  const char *q = from;
+  while (q < end && (q = memchr(q, '\n', (size_t)(end - q))) != NULL) {
+    char prev = q > from ? q[-1] : c->prev_byte;
+    if (prev != '\r') return "bare LF in the request head";
+    if (q + 1 < end && (q[1] == ' ' || q[1] == '\t'))
+      return "obsolete line folding in the request head";
+    q++;
+  }
+  if (end > from) c->prev_byte = end[-1];
+  return NULL;
+}
+
 static void conn_feed(mg_conn *c, const char *data, size_t len) {
+  int run = len > 0;
   c->in_feed = 1;
-  while (len > 0 && !c->closing && c->peer_eof != 2) {
+  while (run && !c->closing && c->peer_eof != 2) {
     if (c->dispatched) { save_pending(c, data, len); break; }
     llhttp_errno_t e = llhttp_execute(&c->parser, data, len);
+    size_t used = e == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&c->parser) - data);
+    if (c->scan_head && (e == HPE_OK || e == HPE_PAUSED)) {
+      const char *from = c->scan_from ? c->scan_from : data;
+      c->scan_from = NULL;
+      const char *why = head_line_end_error(c, from, data + used);
+      if (why) {
+        c->fail_status = 400;
+        llhttp_set_error_reason(&c->parser, why);
+        parser_failed(c, HPE_USER);
+        break;
+      }
+    }
+    data += used;
+    len -= used;
+    run = len > 0;
     if (e == HPE_OK) break;
-    size_t used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
-    if (e == HPE_PAUSED) {
-      data += used;
-      len -= used;
-      dispatch(c);   /* may complete synchronously; the loop goes on then */
+    if (e != HPE_PAUSED) { parser_failed(c, e); break; }
+    llhttp_resume(&c->parser);
+    if (c->head_paused) {
+      /* End of a head: run the parser on, even with no bytes left, so a
+       * message without a body completes. A 413 is answered right away. */
+      c->head_paused = 0;
+      c->scan_head = 0;
+      run = 1;
+      if (c->req && c->req->error_status) dispatch(c);
       continue;
     }
-    parser_failed(c, e);
-    break;
+    dispatch(c);   /* may complete synchronously; the loop goes on then */
   }
   c->in_feed = 0;
   if (!c->closing && !c->dispatched && c->peer_eof != 2 && !c->req)
@@ -522,6 +561,18 @@ static int on_message_begin(llhttp_t *p) {
   if (c->tl != MG_TL_HEAD)
     mg_worker_set_timeout(c->w, c, MG_TL_HEAD, c->w->app->settings.header_timeout_ms);
   return 0;
+}
+
+static int count_head(llhttp_t *p, size_t len);
+
+static int on_method(llhttp_t *p, const char *at, size_t len) {
+  mg_conn *c = CONN(p);
+  if (!c->scan_head) {            /* the head starts here: scan it for bare LFs */
+    c->scan_head = 1;
+    c->scan_from = at;
+    c->prev_byte = 0;
+  }
+  return count_head(p, len);
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t len) {
@@ -594,6 +645,12 @@ static int on_header_value_complete(llhttp_t *p) {
   req->in_header_value = 0;
   const char *name = req->head.data + h->name;
   const char *value = req->head.data + h->value;
+  /* RFC 9112 5.1: no whitespace between name and colon; 5.2: obs-fold is
+   * refused rather than guessed at. */
+  for (uint32_t i = 0; i < h->name_len; i++)
+    if (name[i] == ' ' || name[i] == '\t') return fail(p, 400, "whitespace in a header name");
+  if (memchr(value, '\r', h->value_len) || memchr(value, '\n', h->value_len))
+    return fail(p, 400, "obsolete line folding in a header");
   if (mg_strcaseeq(name, h->name_len, "host", 4)) {
     if (req->has_host) return fail(p, 400, "more than one Host header");
     req->has_host = 1;
@@ -652,6 +709,8 @@ static int on_headers_complete(llhttp_t *p) {
                                          : app->settings.max_body;
 
   int has_body = (p->flags & F_CHUNKED) || req->content_length > 0;
+  /* Pause so conn_feed can check how the head ended (and dispatch a 413). */
+  c->head_paused = 1;
   if (req->content_length > req->max_body) {
     /* Refuse before reading: the route answers 413 and we close. */
     c->fail_status = 413;
@@ -664,7 +723,7 @@ static int on_headers_complete(llhttp_t *p) {
     conn_write(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
   mg_worker_set_timeout(w, c, has_body ? MG_TL_BODY : MG_TL_NONE,
                         app->settings.body_timeout_ms);
-  return 0;
+  return HPE_PAUSED;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
@@ -688,6 +747,7 @@ static const llhttp_settings_t *parser_settings(void) {
   if (!done) {                         /* idempotent: same values every time */
     llhttp_settings_init(&s);
     s.on_message_begin = on_message_begin;
+    s.on_method = on_method;
     s.on_url = on_url;
     s.on_url_complete = on_url_complete;
     s.on_header_field = on_header_field;

@@ -131,6 +131,10 @@ int mg_router_add(mg_router *r, int index, unsigned methods_mask,
       rt.literal_len += 1;
     }
   }
+  if (rt.wildcard && rt.nparams + 1 > MG_ROUTE_MAX_PARAMS) {
+    *err = "too many parameters";          /* the wildcard's "*" is one too */
+    goto fail;
+  }
   rt.rank = rt.wildcard ? 2 : rt.nparams ? 1 : 0;
   if (r->n == r->cap) {
     r->cap = r->cap ? r->cap * 2 : 8;

@@ -155,11 +155,12 @@ int64_t mg_parse_duration_ms(const char *s) {
   if (!*p) return -1;
   while (*p) {
     double v;
+    const char *p_start = p;
     p = parse_number(p, &v);
     if (!p) return -1;
     double mul;
-    if (!*p) {                         /* a bare number means seconds */
-      if (p == s + strlen(s) && total == 0) { mul = 1000; }
+    if (!*p) {                         /* a bare number means seconds, alone */
+      if (p_start == s) { mul = 1000; }
       else return -1;
     } else if (strncmp(p, "ms", 2) == 0) { mul = 1; p += 2; }
     else if (*p == 's') { mul = 1000; p++; }

@@ -217,6 +217,7 @@ static void worker_reload(mg_worker *w) {
     mg_log(MG_LOG_ERROR, extra, "reload failed, keeping the running configuration: %s", err);
     return;
   }
+  uv_update_time(&w->loop);
   mg_app *old = w->app;
   w->app = app;
   old->retired = 1;
@@ -307,6 +308,7 @@ static void worker_main(void *arg) {
   }
   w->ready = 1;
   uv_sem_post(w->ready_sem);
+  uv_update_time(&w->loop);      /* loading Lua took a while: deadlines start now */
   uv_run(&w->loop, UV_RUN_DEFAULT);
   on_flush(&w->flush);
   /* Anything still open (a stop that came before the loop ran) closes here. */

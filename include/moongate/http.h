@@ -78,6 +78,10 @@ struct mg_conn {
   uint8_t tl;                  /* which MG_TL_* list */
   uint8_t closing, reading, dispatched, in_feed;
   uint8_t peer_eof;            /* 1: client sent EOF; 2: we are ending */
+  uint8_t head_paused;         /* parser paused at the end of a head */
+  uint8_t scan_head;           /* the current head is being scanned */
+  char prev_byte;              /* last byte of the previous read */
+  const char *scan_from;       /* where the head starts in this read */
   mg_conn *all_prev, *all_next;
   union {                      /* the client's address, read once at accept */
     struct sockaddr sa;

@@ -215,3 +215,19 @@ def wait_until(pred, timeout=5, interval=0.02):
         if v or time.time() > deadline:
             return v
         time.sleep(interval)
+
+
+def requests_default_timeout(seconds=10):
+    """Gives every `requests` call without a timeout one, so a gateway that
+    stops answering fails the test instead of hanging the suite."""
+    import requests
+    if getattr(requests.Session.request, "_mg_default_timeout", False):
+        return
+    orig = requests.Session.request
+
+    def request(self, method, url, **kw):
+        if kw.get("timeout") is None:
+            kw["timeout"] = seconds * SLOW
+        return orig(self, method, url, **kw)
+    request._mg_default_timeout = True
+    requests.Session.request = request

@@ -8,7 +8,9 @@ import time
 
 import requests
 
-from conftest import SLOW, parse_response, wait_until
+from conftest import SLOW, parse_response, wait_until, requests_default_timeout
+
+requests_default_timeout()
 
 API = """
 return {
@@ -220,12 +222,12 @@ def test_streaming_chunks_arrive_as_written(gateway):
 
 
 async def _one_request(port, path):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port), 10 * SLOW)
     try:
         writer.write(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path).encode())
         await writer.drain()
-        data = await reader.read()
-        return data
+        return await asyncio.wait_for(reader.read(), 10 * SLOW)
     finally:
         writer.close()
 

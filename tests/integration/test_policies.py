@@ -7,7 +7,9 @@ import time
 
 import requests
 
-from conftest import BIN, SLOW, wait_until
+from conftest import BIN, SLOW, wait_until, requests_default_timeout
+
+requests_default_timeout()
 
 OWN = """
 return {

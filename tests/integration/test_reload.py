@@ -8,7 +8,9 @@ import time
 
 import requests
 
-from conftest import SLOW, wait_until
+from conftest import SLOW, wait_until, requests_default_timeout
+
+requests_default_timeout()
 
 CONFIG = """
 return {
@@ -155,8 +157,14 @@ def test_in_flight_request_finishes_on_old_code(gateway):
     time.sleep(0.3)
     replace(g, "routes/v.lua", V2)
     g.reload()
+    assert wait_until(lambda: [e for e in g.error_log()
+                               if "workers are switching" in e.get("msg", "")], timeout=3)
+    time.sleep(0.1)
     # The new code answers new requests while the old one still sleeps.
-    assert wait_until(lambda: requests.get(g.url("/v"), timeout=2).json() == {"v": 2}, timeout=3)
+    t0 = time.monotonic()
+    r = requests.get(g.url("/v"), timeout=2)
+    assert r.json() == {"v": 2}
+    assert time.monotonic() - t0 < 0.5
     assert t.is_alive()
     t.join()
     assert out == {"status": 200, "body": {"v": 1}}

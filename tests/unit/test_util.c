@@ -94,7 +94,7 @@ static void duration_rejects_trailing_bare_number_after_zero(void **state) {
 
 typedef struct { char host[64]; int port; const char *err; } listen_result;
 
-static int listen(const char *s, listen_result *r) {
+static int try_listen(const char *s, listen_result *r) {
   strcpy(r->host, "junk");
   r->port = -7;
   r->err = NULL;
@@ -103,14 +103,14 @@ static int listen(const char *s, listen_result *r) {
 
 static void assert_listen_ok(const char *s, const char *host, int port) {
   listen_result r;
-  if (listen(s, &r) != 0) fail_msg("\"%s\" rejected: %s", s, r.err ? r.err : "?");
+  if (try_listen(s, &r) != 0) fail_msg("\"%s\" rejected: %s", s, r.err ? r.err : "?");
   assert_string_equal(r.host, host);
   assert_int_equal(r.port, port);
 }
 
 static void assert_listen_bad(const char *s) {
   listen_result r;
-  if (listen(s, &r) != -1) fail_msg("\"%s\" accepted as \"%s\":%d", s, r.host, r.port);
+  if (try_listen(s, &r) != -1) fail_msg("\"%s\" accepted as \"%s\":%d", s, r.host, r.port);
   assert_non_null(r.err);
 }
 
