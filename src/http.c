@@ -34,6 +34,7 @@ static const llhttp_settings_t *parser_settings(void);
 static void conn_feed(mg_conn *c, const char *data, size_t len);
 static void conn_resume(mg_conn *c);
 static void conn_end(mg_conn *c);
+static void format_peer(mg_conn *c, mg_request *req);
 
 const char *mg_status_reason(int status) {
   switch (status) {
@@ -370,7 +371,17 @@ static void conn_error(mg_conn *c, int status, const char *message) {
   mg_buf_appends(&body, "\"}");
   mg_buf_printf(&out, "Content-Length: %zu\r\nConnection: close\r\n\r\n", body.len);
   mg_buf_append(&out, body.data, body.len);
-  /* Log it like any request, so the operator sees what was refused. */
+  /* Log it like any request (access line, plus the reason on stderr). */
+  if (c->w->app->settings.access_log) {
+    mg_request tmp = {0}, *r = c->req ? c->req : &tmp;
+    if (!c->req) tmp.start_ns = uv_hrtime();
+    r->status = status;
+    r->bytes_sent = out.len;
+    r->done_ns = uv_hrtime();
+    format_peer(c, r);
+    if (!r->id[0]) mg_worker_new_request_id(c->w, r->id, sizeof r->id);
+    mg_worker_access_log(c->w, r, "");
+  }
   mg_log(MG_LOG_INFO, NULL, "refused request: %d %s", status, message);
   conn_drop_request(c);
   conn_write(c, out.data, out.len);
@@ -783,24 +794,38 @@ static void health_answer(mg_request *req) {
                    sizeof body - 1);
 }
 
+/* a.b.c.d without printf (inet_ntop uses it): this runs per request. */
+static void format_ipv4(const unsigned char *a, char *out) {
+  for (int i = 0; i < 4; i++) {
+    unsigned v = a[i];
+    if (v >= 100) *out++ = (char)('0' + v / 100);
+    if (v >= 10) *out++ = (char)('0' + v / 10 % 10);
+    *out++ = (char)('0' + v % 10);
+    *out++ = i < 3 ? '.' : '\0';
+  }
+}
+
+static void format_peer(mg_conn *c, mg_request *req) {
+  static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (c->peer.sa.sa_family == AF_INET) {
+    format_ipv4((const unsigned char *)&c->peer.v4.sin_addr, req->remote_ip);
+    req->remote_port = ntohs(c->peer.v4.sin_port);
+  } else if (c->peer.sa.sa_family == AF_INET6) {
+    const unsigned char *a = c->peer.v6.sin6_addr.s6_addr;
+    /* A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d. */
+    if (memcmp(a, v4mapped, 12) == 0) format_ipv4(a + 12, req->remote_ip);
+    else uv_ip6_name(&c->peer.v6, req->remote_ip, sizeof req->remote_ip);
+    req->remote_port = ntohs(c->peer.v6.sin6_port);
+  } else {
+    strcpy(req->remote_ip, "unknown");
+  }
+}
+
 static void dispatch(mg_conn *c) {
   mg_request *req = c->req;
   c->dispatched = 1;
   mg_worker_set_timeout(c->w, c, MG_TL_NONE, 0);
-  {
-    if (c->peer.sa.sa_family == AF_INET6) {
-      struct sockaddr_in6 *a = &c->peer.v6;
-      uv_ip6_name(a, req->remote_ip, sizeof req->remote_ip);
-      req->remote_port = ntohs(a->sin6_port);
-      /* A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d. */
-      if (strncmp(req->remote_ip, "::ffff:", 7) == 0 && strchr(req->remote_ip, '.'))
-        memmove(req->remote_ip, req->remote_ip + 7, strlen(req->remote_ip + 7) + 1);
-    } else if (c->peer.sa.sa_family == AF_INET) {
-      struct sockaddr_in *a = &c->peer.v4;
-      uv_ip4_name(a, req->remote_ip, sizeof req->remote_ip);
-      req->remote_port = ntohs(a->sin_port);
-    }
-  }
+  format_peer(c, req);
   mg_worker_new_request_id(c->w, req->id, sizeof req->id);
   const char *hp = req->app->settings.health_path;
   if (!req->error_status && hp[0] && (req->method_bit & (MG_M_GET | MG_M_HEAD)) &&
