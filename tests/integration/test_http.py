@@ -727,3 +727,17 @@ def test_client_disconnects_mid_request_and_mid_response(gateway):
     assert g.proc.poll() is None
     # 3 streams, 1 slow, 3 hellos, 1 echo; the aborted requests never ran.
     assert calls(g) == 8
+
+
+def test_refused_requests_get_an_access_line(gateway):
+    """A request the server refuses itself (400/414/431/408) is still logged
+    as one JSON access line, with the client address and the status."""
+    g = gateway(config())
+    g.raw(b"GET /hello HTTP/1.1\r\nHost: test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+    deadline = time.time() + 5 * SLOW
+    while time.time() < deadline and not any(l["status"] == 400 for l in g.access_log()):
+        time.sleep(0.05)
+    line = [l for l in g.access_log() if l["status"] == 400][-1]
+    assert line["remote_ip"] == "127.0.0.1"
+    assert line["uri"] == "/hello"
+    assert line["request_id"] and line["bytes"] > 0
