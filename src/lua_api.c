@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <lua-cjson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,6 +89,45 @@ static int l_set_id(lua_State *L) {
   memcpy(req->id, id, len);
   req->id[len] = '\0';
   return 0;
+}
+
+/* Appends `,"key":value` (already JSON-encoded by the caller) to the
+ * request's access-log line. */
+static int l_log_extra(lua_State *L) {
+  mg_request *req = check_req(L);
+  size_t len;
+  const char *frag = luaL_checklstring(L, 3, &len);
+  mg_buf_append(&req->log_extra, ",", 1);
+  mg_buf_append(&req->log_extra, frag, len);
+  return 0;
+}
+
+/* Ends the client connection at once: used when a relayed body broke off,
+ * so the client cannot take the cut body for a complete one. */
+static int l_abort(lua_State *L) {
+  mg_request *req = check_req(L);
+  if (req->conn) mg_conn_close(req->conn);
+  return 0;
+}
+
+static int l_random_hex(lua_State *L) {
+  static __thread uint64_t state;
+  int n = (int)luaL_checkinteger(L, 1);
+  if (n < 1 || n > 64) luaL_argerror(L, 1, "1-64 digits");
+  if (!state) {
+    state = uv_hrtime() ^ ((uint64_t)(uintptr_t)&state << 16);
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f) { if (fread(&state, sizeof state, 1, f) != 1) state ^= 0x9e3779b97f4a7c15ULL; fclose(f); }
+    if (!state) state = 0x9e3779b97f4a7c15ULL;
+  }
+  char out[64];
+  static const char hex[] = "0123456789abcdef";
+  for (int i = 0; i < n; i++) {
+    state ^= state << 13; state ^= state >> 7; state ^= state << 17;   /* xorshift64 */
+    out[i] = hex[state & 15];
+  }
+  lua_pushlstring(L, out, (size_t)n);
+  return 1;
 }
 
 static int valid_token(const char *s, size_t n) {
@@ -298,7 +338,8 @@ int mg_luaopen_core(lua_State *L) {
     {"req_body", l_req_body}, {"set_id", l_set_id},
     {"respond", l_respond}, {"stream_start", l_stream_start},
     {"stream_write", l_stream_write}, {"stream_end", l_stream_end},
-    {"response_started", l_response_started},
+    {"response_started", l_response_started}, {"log_extra", l_log_extra},
+    {"abort", l_abort}, {"random_hex", l_random_hex},
     {"sleep", l_sleep}, {"log", l_log}, {"now", l_now},
     {"parse_size", l_parse_size}, {"parse_duration", l_parse_duration},
     {"parse_listen", l_parse_listen}, {"method_bit", l_method_bit},
@@ -309,6 +350,7 @@ int mg_luaopen_core(lua_State *L) {
   lua_setfield(L, -2, "DONE");
   lua_pushliteral(L, MG_VERSION);
   lua_setfield(L, -2, "version");
+  mg_lua_open_fetch(L);
   return 1;
 }
 

@@ -8,6 +8,7 @@
 #include "moongate/lua_api.h"
 #include "moongate/worker.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <lua.h>
 #include <lauxlib.h>
@@ -184,6 +185,7 @@ int main(int argc, char **argv) {
   int check_only = 0;
   const char *config = NULL;
   signal(SIGPIPE, SIG_IGN);            /* libuv writes with write(2) */
+  curl_global_init(CURL_GLOBAL_DEFAULT);   /* before any thread exists */
   const char *home = find_home(argv[0]);
 
   if (argc >= 2 && strcmp(argv[1], "test") == 0) {

@@ -23,6 +23,7 @@ void mg_settings_defaults(mg_settings *s) {
   s->shutdown_timeout_ms = 10000;
   strcpy(s->health_path, "/health");
   s->access_log = 1;
+  s->upstream_pool = 64;
 }
 
 static int get_number(lua_State *L, int idx, const char *key, double *out) {
@@ -60,6 +61,7 @@ int mg_settings_from_lua(lua_State *L, int idx, mg_settings *s, char *err,
   if (get_number(L, idx, "keepalive_timeout", &v)) s->keepalive_timeout_ms = (uint64_t)v;
   if (get_number(L, idx, "send_timeout", &v)) s->send_timeout_ms = (uint64_t)v;
   if (get_number(L, idx, "shutdown_timeout", &v)) s->shutdown_timeout_ms = (uint64_t)v;
+  if (get_number(L, idx, "upstream_pool", &v)) s->upstream_pool = (int)v;
   lua_getfield(L, idx, "health_path");
   if (lua_type(L, -1) == LUA_TSTRING) {
     size_t len;

@@ -94,6 +94,7 @@ void mg_worker_request_release(mg_worker *w, mg_request *req) {
   mg_app *app = req->app;
   /* Keep the buffers for the next request unless one grew large. */
   mg_buf head = req->head, body = req->body;
+  mg_buf_free(&req->log_extra);
   mg_header *hdr = req->hdr;
   int hdr_cap = req->hdr_cap;
   if (head.cap > 16384) { mg_buf_free(&head); }
@@ -134,7 +135,9 @@ void mg_worker_access_log(mg_worker *w, mg_request *req, const char *route) {
                 req->status, (unsigned long long)req->bytes_sent,
                 (double)(end - req->start_ns) / 1e6);
   mg_buf_json_escape(b, route, strlen(route));
-  mg_buf_printf(b, "\",\"worker\":%d}\n", w->id);
+  mg_buf_printf(b, "\",\"worker\":%d", w->id);
+  if (req->log_extra.len) mg_buf_append(b, req->log_extra.data, req->log_extra.len);
+  mg_buf_append(b, "}\n", 2);
   if (b->len > 64 * 1024) {
     mg_log_write(1, b->data, b->len);
     b->len = 0;
@@ -267,6 +270,7 @@ static void finish_stop(mg_worker *w) {
   while (a) { mg_app *n = a->next_retired; a->freeing = 1; mg_app_free(a); a = n; }
   w->retired = NULL;
   if (w->app) { w->app->freeing = 1; mg_app_free(w->app); w->app = NULL; }
+  mg_fetch_shutdown(w);
   uv_close((uv_handle_t *)&w->tick, NULL);
   uv_close((uv_handle_t *)&w->wakeup, NULL);
   uv_close((uv_handle_t *)&w->flush, NULL);
@@ -284,6 +288,8 @@ static void worker_main(void *arg) {
     uv_loop_close(&w->loop);
     return;
   }
+  w->fetch_pool_size = w->app->settings.upstream_pool;
+  if (mg_fetch_init(w) != 0) mg_log(MG_LOG_ERROR, NULL, "worker %d: curl_multi_init failed", w->id);
   uv_async_init(&w->loop, &w->wakeup, on_wakeup);
   w->wakeup.data = w;
   uv_timer_init(&w->loop, &w->tick);

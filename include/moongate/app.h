@@ -34,7 +34,7 @@ typedef struct mg_coctx {
   struct mg_coctx *next_all;
 } mg_coctx;
 
-enum { MG_WAIT_NONE, MG_WAIT_SLEEP, MG_WAIT_DRAIN };
+enum { MG_WAIT_NONE, MG_WAIT_SLEEP, MG_WAIT_DRAIN, MG_WAIT_FETCH };
 
 typedef struct {
   char *name;

@@ -54,6 +54,7 @@ typedef struct mg_request {
   uint8_t resp_started, resp_done, chunked, close_after;
   uint64_t bytes_sent;
   uint64_t start_ns, done_ns;    /* uv_hrtime() */
+  mg_buf log_extra;            /* extra access-log members from Lua */
   char id[72];
   char remote_ip[64];
   int remote_port;

@@ -22,6 +22,7 @@ typedef struct {
   uint64_t shutdown_timeout_ms;
   char health_path[256];       /* "" disables the built-in health check */
   int access_log;
+  int upstream_pool;           /* idle upstream connections kept per worker */
 } mg_settings;
 
 /* Hard ceiling on the head size whatever the config says. */

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include "app.h"
 #include "http.h"
+#include "fetch.h"
 
 struct mg_worker {
   int id;
@@ -33,6 +34,12 @@ struct mg_worker {
   int nconns;
   mg_request *free_req;
   int nfree_req;
+
+  CURLM *curl_multi;              /* outgoing HTTP (fetch.c) */
+  uv_timer_t curl_timer;
+  uv_idle_t fetch_idle;
+  mg_fetch *fetch_ready, *fetch_all;
+  int fetch_pool_size;
 
   mg_buf access_log;
   mg_buf scratch;                 /* response serialization, reused */

@@ -9,6 +9,7 @@
 -- operator sees the file, the route and the field at once (also with -t).
 local core = require "moongate.core"
 local schema = require "moongate.schema"
+local upstream = require "moongate.upstream"
 
 local M = {}
 
@@ -36,6 +37,7 @@ local top_schema = {
   policy_paths = { type = "array", items = "string" },
   policies = { type = "table" },
   routes = { type = "table", required = true },
+  upstreams = { type = "table" },
 }
 
 local limits_schema = {
@@ -182,7 +184,7 @@ end
 
 local route_fields = {
   [1] = true, [2] = true, [3] = true, handler = true, name = true, host = true,
-  policies = true, body = true, methods = true, path = true,
+  policies = true, body = true, methods = true, path = true, proxy = true,
 }
 
 local function load_route(ctx, r, i, global_chain)
@@ -201,7 +203,16 @@ local function load_route(ctx, r, i, global_chain)
   if r.host ~= nil and type(r.host) ~= "string" then fail("%s: host: expected a string", where) end
   if r.name ~= nil and type(r.name) ~= "string" then fail("%s: name: expected a string", where) end
   local handler = r.handler or r[3]
-  if handler == nil then fail("%s: handler: missing", where) end
+  if r.proxy ~= nil then
+    if handler ~= nil then fail("%s: a route has a handler or a proxy, not both", where) end
+    local name = r.proxy
+    if type(name) ~= "string" or not ctx.upstreams[name] then
+      fail("%s: proxy: unknown upstream %s (declare it under upstreams)", where,
+           type(name) == "string" and string.format("%q", name) or type(name))
+    end
+    handler = function(req) return req:proxy(name) end
+  end
+  if handler == nil then fail("%s: handler: missing (or proxy = \"upstream name\")", where) end
   local max_body = ctx.settings.max_body
   if r.body ~= nil then
     local ok, v = pcall(schema.check, { body = { type = "size" } }, { body = r.body }, where)
@@ -274,6 +285,19 @@ function M.load(path, overrides)
     end
     ctx.policy_dirs[#ctx.policy_dirs + 1] = (overrides.home or ".") .. "/policies"
 
+    ctx.upstreams = {}
+    local pool = 0
+    for name, uconf in pairs(top.upstreams or {}) do
+      if type(name) ~= "string" or type(uconf) ~= "table" then
+        fail("upstreams: expected name = { targets = {...}, ... }")
+      end
+      local ok, up = pcall(upstream.new, name, uconf, "upstreams." .. name)
+      if not ok then fail("%s", up) end
+      ctx.upstreams[name] = up
+      pool = pool + up.keepalive
+    end
+    settings.upstream_pool = math.max(pool, 8)
+
     local global_refs = top.policies or { "request-id", "errors" }
     local global_chain = build_chain(ctx, {}, global_refs, "policies")
     local routes = {}
@@ -282,7 +306,7 @@ function M.load(path, overrides)
     end
     for i, r in ipairs(top.routes) do routes[i] = load_route(ctx, r, i, global_chain) end
     local global = { index = 0, name = "", chain = global_chain, where = "policies" }
-    return { settings = settings, routes = routes, global = global }
+    return { settings = settings, routes = routes, global = global, upstreams = ctx.upstreams }
   end)
   if not ok2 then fail("%s: %s", path, tostring(app)) end
   return app

@@ -103,6 +103,14 @@ end
 
 function methods.sleep(r, seconds) return core.sleep(seconds) end
 
+-- Adds a member to this request's access-log line.
+function methods.log_field(r, key, value)
+  core.log_extra(r._cx, r._sn, cjson.encode(key) .. ":" .. cjson.encode(value))
+end
+
+-- Closes the client connection now (a relayed body broke off).
+function methods.abort(r) core.abort(r._cx, r._sn) end
+
 -- Streaming. The response policies run on the status and headers first.
 function methods.stream(r, status, headers)
   if r._res then error("the response has already started", 2) end

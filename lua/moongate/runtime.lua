@@ -17,6 +17,7 @@ local core = require "moongate.core"
 local cjson = require "cjson"
 local config = require "moongate.config"
 local request = require "moongate.request"
+local proxy = require "moongate.proxy"
 
 local M = {}
 
@@ -39,8 +40,18 @@ local function message_for(status)
   return default_messages[status] or (status >= 500 and "server error" or "request failed")
 end
 
--- Builds a response from a handler's or a policy's return values.
+-- Builds a response from a handler's or a policy's return values. A handler
+-- may also return a response table { status =, headers =, body =, raw = }:
+-- raw bodies (e.g. relayed from an upstream) are never reshaped.
 local function make_res(status, body, headers, who)
+  if type(status) == "table" and status.status then
+    local res = status
+    res.headers = res.headers or {}
+    if res.status >= 400 and not res.raw and (res.body == nil or type(res.body) == "string") then
+      res.error, res.body = res.body or message_for(res.status), nil
+    end
+    return res
+  end
   if type(status) ~= "number" or status < 100 or status > 599 or status % 1 ~= 0 then
     error(string.format("%s returned %s where an HTTP status was expected", who,
                         tostring(status)), 0)
@@ -174,6 +185,7 @@ end
 function M.load(path, overrides)
   local app = config.load(path, overrides)
   routes, global = app.routes, app.global
+  proxy.registry = app.upstreams
   local c_routes = {}
   for i, r in ipairs(routes) do
     c_routes[i] = { methods = r.methods, host = r.host, path = r.path, name = r.name,

@@ -1,0 +1,219 @@
+-- req:fetch() and req:proxy(): the request-side API over upstream.lua.
+--
+-- req:fetch(target, opts) -> res | nil, kind, message
+--   kind: "connect", "dns", "timeout", "reset", "tls", "unavailable" (every
+--   target down), "incomplete" (the head arrived, the body broke off), "error"
+--   target: an upstream name, or an absolute http(s) URL
+--   opts: method ("GET"), path ("/"), query (string or table), headers (table),
+--         body (string) or json (table, sent as application/json), timeout (seconds)
+--   res: { status, headers (lower-case names), body, json = function }
+--
+-- req:proxy(name, opts) forwards the current request and relays the answer:
+--   opts: path, query, method, headers (set/override), body, key (for
+--         balance = "hash"), on_chunk = function(chunk) -> chunk (see below)
+--   A complete small answer is returned as a response table (status, headers,
+--   body passed through untouched); a longer or streamed one (SSE) is relayed
+--   chunk by chunk as it arrives. on_chunk may inspect or rewrite each chunk
+--   (return a string, or nil to drop it). If the client goes away the upstream
+--   transfer is stopped; if the upstream breaks off mid-body the client's
+--   connection is closed, so it never takes a cut body for a whole one.
+--   Failures return status, message for the errors policy: 502, 503 (every
+--   target down) or 504 (timeout).
+local core = require "moongate.core"
+local cjson = require "cjson.safe"
+local upstream = require "moongate.upstream"
+local request = require "moongate.request"
+
+local M = { registry = {} }
+local methods = request.methods
+
+local function random_hex(n)
+  return core.random_hex(n)
+end
+
+-- W3C trace context: keep the caller's trace id, new span for our hop.
+local function traceparent(r)
+  local ctx = r.ctx
+  if ctx.traceparent then return ctx.traceparent end
+  local incoming = r.headers["traceparent"]
+  local trace_id = incoming and incoming:match("^00%-(%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x)%-%x+%-%x%x$")
+  if not trace_id or trace_id == string.rep("0", 32) then trace_id = random_hex(32) end
+  ctx.trace_id = trace_id
+  ctx.traceparent = string.format("00-%s-%s-01", trace_id:lower(), random_hex(16))
+  return ctx.traceparent
+end
+M.traceparent = traceparent
+
+local function encode_query(q)
+  if type(q) == "string" then return q end
+  local parts = {}
+  for k, v in pairs(q) do
+    local function esc(s) return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end)) end
+    if type(v) == "table" then
+      for _, x in ipairs(v) do parts[#parts + 1] = esc(k) .. "=" .. esc(x) end
+    else
+      parts[#parts + 1] = esc(k) .. "=" .. esc(v)
+    end
+  end
+  table.sort(parts)
+  return table.concat(parts, "&")
+end
+
+local function header_lines(map, into)
+  into = into or {}
+  for k, v in pairs(map) do
+    if type(v) == "table" then
+      for _, x in ipairs(v) do into[#into + 1] = k .. ": " .. tostring(x) end
+    else
+      into[#into + 1] = k .. ": " .. tostring(v)
+    end
+  end
+  return into
+end
+
+local function resolve(target)
+  local up = M.registry[target]
+  if up then return up, "" end
+  if type(target) == "string" and target:match("^https?://") then
+    local base, rest = target:match("^(https?://[^/?#]+)(.*)$")
+    return nil, base, rest
+  end
+  error(string.format("unknown upstream %q (not in the config's upstreams, not a URL)", tostring(target)), 3)
+end
+
+local Response = {}
+Response.__index = Response
+function Response:json()
+  if self._json == nil then self._json = cjson.decode(self.body) end
+  return self._json
+end
+
+function methods.fetch(r, target, opts)
+  opts = opts or {}
+  local up, base, rest = resolve(target)
+  -- An upstream target may carry a path of its own ("http://h/predict"):
+  -- opts.path is appended to it, and may be "" to call it as it is.
+  local path = opts.path or rest or ""
+  if path == "" and not up and rest == "" then path = "/" end
+  local q = opts.query and encode_query(opts.query) or ""
+  local pq = path .. (q ~= "" and ("?" .. q) or "")
+  local headers = {}
+  local body = opts.body
+  if opts.json ~= nil then
+    body = cjson.encode(opts.json)
+    headers[#headers + 1] = "Content-Type: application/json"
+  end
+  if opts.headers then header_lines(opts.headers, headers) end
+  headers[#headers + 1] = "X-Request-ID: " .. r.id
+  headers[#headers + 1] = "traceparent: " .. traceparent(r)
+  local method = opts.method or (body and "POST" or "GET")
+  local timeout = opts.timeout and opts.timeout * 1000
+  local h, t, status, rh
+  if up then
+    h, t, status, rh = up:request({ method = method, path_and_query = pq, headers = headers,
+                                    body = body, key = opts.key, timeout = timeout,
+                                    request_id = r.id })
+    if not h then return nil, t, status end          -- nil, kind, message
+  else
+    local kind, msg
+    h, kind, msg = core.fetch({ url = base .. pq, method = method, headers = headers, body = body,
+                                timeout = timeout or 60000 })
+    if not h then return nil, kind, msg end
+    status, kind, msg = h:head()
+    while status == nil and kind == nil do status, kind, msg = h:head() end
+    if not status then h:close() return nil, kind, msg end
+    rh = kind
+  end
+  local data, kind, msg = upstream.read_all(h)
+  h:close()
+  if not data then return nil, "incomplete", msg end   -- answered, but the body broke off
+  return setmetatable({ status = status, headers = rh, body = data }, Response)
+end
+
+function methods.proxy(r, name, opts)
+  opts = opts or {}
+  local up = M.registry[name]
+  if not up then error(string.format("unknown upstream %q", tostring(name)), 2) end
+  -- Request headers: the client's, minus hop-by-hop, plus forwarding facts.
+  local incoming = r:all_headers()
+  local drop = {}
+  if incoming.connection then
+    for tok in incoming.connection:gmatch("[^,%s]+") do drop[tok:lower()] = true end
+  end
+  local set = {}
+  for k, v in pairs(incoming) do
+    if not upstream.hop[k] and not drop[k] then set[k] = v end
+  end
+  local xff = incoming["x-forwarded-for"]
+  set["x-forwarded-for"] = xff and (xff .. ", " .. r.remote_addr) or r.remote_addr
+  set["x-forwarded-proto"] = "http"
+  set["x-forwarded-host"] = incoming.host
+  set["x-request-id"] = r.id
+  set["traceparent"] = traceparent(r)
+  for k, v in pairs(rawget(r, "upstream_headers") or {}) do set[k:lower()] = v end
+  for k, v in pairs(opts.headers or {}) do set[k:lower()] = v end
+  local lines = header_lines(set)
+
+  local path = opts.path or r.path
+  local q = opts.query and encode_query(opts.query) or r.query_string
+  local method = opts.method or r.method
+  local body = opts.body or r:body()
+  if body == "" and (method == "GET" or method == "HEAD") then body = nil end
+  local h, t, status, rh = up:request({
+    method = method, path_and_query = path .. (q ~= "" and ("?" .. q) or ""),
+    headers = lines, body = body, key = opts.key, request_id = r.id,
+  })
+  if not h then
+    local kind, msg = t, status
+    r.ctx.upstream_error = kind
+    r:log_field("upstream", up.name)
+    r:log_field("upstream_error", kind)
+    return upstream.status_of_failure(kind), upstream.messages[kind] or msg
+  end
+  local info = h:info()
+  r:log_field("upstream", up.name)
+  r:log_field("upstream_target", t.url)
+  r:log_field("upstream_status", status)
+  r:log_field("upstream_connect_ms", info.connect_ms)
+  r:log_field("upstream_first_byte_ms", info.first_byte_ms)
+  r:log_field("trace_id", r.ctx.trace_id)
+
+  local out = {}
+  for k, v in pairs(rh) do
+    if not upstream.hop_response[k] then out[k] = v end
+  end
+  local on_chunk = opts.on_chunk
+  local whole = not on_chunk and h:rest()
+  if whole then
+    h:close()
+    return { status = status, headers = out, body = whole, raw = true }
+  end
+  -- Relay as it arrives.
+  r:stream(status, out)
+  while true do
+    local chunk, kind, msg = upstream.read_chunk(h)
+    if chunk == false then break end
+    if chunk == nil then
+      h:close()
+      core.log("warn", string.format("upstream %s: %s broke off mid-body: %s (%s)",
+               up.name, t.url, kind, msg or ""),
+               string.format('"request_id":%s', cjson.encode(r.id)))
+      r:log_field("upstream_error", kind)
+      r:abort()
+      return
+    end
+    if on_chunk then chunk = on_chunk(chunk) end
+    if chunk and chunk ~= "" then
+      local ok = r:write(chunk)
+      if not ok then                      -- the client left: stop the upstream too
+        h:close()
+        r.ctx.client_aborted = true
+        r:log_field("client_aborted", true)
+        return
+      end
+    end
+  end
+  h:close()
+end
+
+return M

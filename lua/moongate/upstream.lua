@@ -1,0 +1,249 @@
+-- Named upstreams: targets, balancing, retries, passive health, and the two
+-- ways a handler reaches them:
+--
+--   local res, err = req:fetch("inference", { method = "POST", path = "/predict",
+--                                             json = { image_data = b64 } })
+--   -- res.status, res.headers (lower-case names), res.body, res:json()
+--   -- err: "timeout", "connect", "unavailable" (every target down), "reset", ...
+--
+--   return req:proxy("inference")                       -- forward this request
+--   return req:proxy("inference", { path = "/predict" }) -- rewritten
+--
+-- Config:
+--   upstreams = {
+--     inference = {
+--       targets = { "http://127.0.0.1:8001", { url = "http://127.0.0.1:8002", weight = 2 } },
+--       balance = "round-robin",     -- "weighted" (same, by weight), "least-busy", "hash"
+--       connect_timeout = "5s", read_timeout = "60s", timeout = "60s",
+--       keepalive = 64,              -- idle connections kept per worker
+--       retries = 1,                 -- extra attempts, on another target when there is one
+--       retry_on = { "connect", "timeout", "502", "503", "504" },
+--       retry_non_idempotent = false,-- POST/PATCH are not retried unless true
+--       max_fails = 3, fail_timeout = "10s",   -- passive health
+--       verify_tls = true,
+--     },
+--   }
+-- Health and balancing state is per worker.
+local core = require "moongate.core"
+local schema = require "moongate.schema"
+local cjson = require "cjson.safe"
+local bit = require "bit"
+
+local M = {}
+
+local retry_kinds = { "connect", "dns", "timeout", "reset", "tls", "502", "503", "504", "500", "429" }
+
+M.schema = {
+  targets = { type = "table", required = true },
+  balance = { type = "string", default = "round-robin",
+              one_of = { "round-robin", "weighted", "least-busy", "hash" } },
+  connect_timeout = { type = "duration", default = "5s", min = 1 },
+  read_timeout = { type = "duration", default = "60s", min = 1 },
+  timeout = { type = "duration", default = "60s", min = 1 },
+  keepalive = { type = "integer", default = 64, min = 0 },
+  retries = { type = "integer", default = 1, min = 0, max = 10 },
+  retry_on = { type = "array", items = "string", one_of = retry_kinds,
+               default = { "connect", "dns", "timeout", "502", "503", "504" } },
+  retry_non_idempotent = { type = "boolean", default = false },
+  max_fails = { type = "integer", default = 3, min = 1 },
+  fail_timeout = { type = "duration", default = "10s", min = 1 },
+  verify_tls = { type = "boolean", default = true },
+}
+
+local idempotent = { GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE = true, TRACE = true }
+
+-- Hop-by-hop headers (RFC 9110 7.6.1) and the ones the client side of this
+-- hop computes itself.
+local hop = {
+  connection = true, ["keep-alive"] = true, ["proxy-connection"] = true, te = true,
+  trailer = true, ["transfer-encoding"] = true, upgrade = true,
+  ["content-length"] = true, host = true, expect = true,
+}
+local hop_response = {
+  connection = true, ["keep-alive"] = true, ["proxy-connection"] = true, te = true,
+  trailer = true, ["transfer-encoding"] = true, upgrade = true, ["content-length"] = true,
+  date = true,
+}
+
+-- Builds an upstream from its config entry; raises with the field named.
+function M.new(name, conf, where)
+  local c = schema.check(M.schema, conf, where)
+  local targets = {}
+  if #c.targets == 0 then error(where .. ": targets: needs at least one target", 0) end
+  for i, t in ipairs(c.targets) do
+    local url, weight = t, 1
+    if type(t) == "table" then url, weight = t.url or t[1], t.weight or 1 end
+    local tw = string.format("%s: targets[%d]", where, i)
+    if type(url) ~= "string" or not url:match("^https?://[^/]+") then
+      error(tw .. ': expected a URL like "http://127.0.0.1:8000"', 0)
+    end
+    if type(weight) ~= "number" or weight <= 0 then error(tw .. ": weight must be a positive number", 0) end
+    targets[i] = { url = url:gsub("/+$", ""), weight = weight, current = 0, active = 0,
+                   fails = 0, down_until = 0 }
+  end
+  c.name, c.targets = name, targets
+  c.retry_set = {}
+  for _, k in ipairs(c.retry_on) do c.retry_set[k] = true end
+  return setmetatable(c, { __index = M })
+end
+
+local function healthy(t, now) return t.down_until <= now end
+
+local function fnv1a(s)
+  local h = 2166136261
+  for i = 1, #s do
+    h = bit.bxor(h, s:byte(i))
+    h = bit.tobit(h * 16777619)
+  end
+  return h
+end
+
+-- Picks a healthy target not in `tried` (or any healthy one if all were
+-- tried). Returns nil when every target is down.
+function M:pick(tried, key)
+  local now = core.now()
+  local candidates = {}
+  for _, t in ipairs(self.targets) do
+    if healthy(t, now) and not tried[t] then candidates[#candidates + 1] = t end
+  end
+  if #candidates == 0 then
+    for _, t in ipairs(self.targets) do
+      if healthy(t, now) then candidates[#candidates + 1] = t end
+    end
+  end
+  if #candidates == 0 then return nil end
+  if #candidates == 1 then return candidates[1] end
+  local b = self.balance
+  if b == "least-busy" then
+    local best, score = nil, math.huge
+    for _, t in ipairs(candidates) do
+      local s = t.active / t.weight
+      if s < score then best, score = t, s end
+    end
+    return best
+  elseif b == "hash" and key then
+    -- Rendezvous hashing: the same key keeps its target while that target is up.
+    local best, score = nil, -math.huge
+    for _, t in ipairs(candidates) do
+      local h = (fnv1a(key .. "|" .. t.url) % 1000003 + 1) / 1000004
+      local s = -t.weight / math.log(h)
+      if s > score then best, score = t, s end
+    end
+    return best
+  end
+  -- Smooth weighted round-robin (as nginx): spreads by weight, no bursts.
+  local total, best = 0, nil
+  for _, t in ipairs(candidates) do
+    t.current = t.current + t.weight
+    total = total + t.weight
+    if not best or t.current > best.current then best = t end
+  end
+  best.current = best.current - total
+  return best
+end
+
+function M:succeeded(t)
+  t.fails = 0
+end
+
+function M:failed(t, kind)
+  t.fails = t.fails + 1
+  if t.fails >= self.max_fails and t.down_until <= core.now() then
+    t.down_until = core.now() + self.fail_timeout / 1000
+    core.log("warn", string.format("upstream %s: target %s marked down for %gs after %d failures",
+             self.name, t.url, self.fail_timeout / 1000, t.fails),
+             string.format('"upstream":%s,"target":%s,"last_error":%s',
+                           cjson.encode(self.name), cjson.encode(t.url), cjson.encode(kind)))
+  end
+end
+
+local function wait_head(h)
+  local status, a, b = h:head()
+  while status == nil and a == nil do status, a, b = h:head() end
+  return status, a, b
+end
+
+local function read_chunk(h)
+  local chunk, kind, msg = h:read()
+  while chunk == nil and kind == nil do chunk, kind, msg = h:read() end
+  return chunk, kind, msg
+end
+M.read_chunk = read_chunk
+
+-- Reads a whole body; nil, kind, msg if the transfer broke off.
+local function read_all(h)
+  local rest = h:rest()
+  if rest then return rest end
+  local parts = {}
+  while true do
+    local chunk, kind, msg = read_chunk(h)
+    if chunk == false then return table.concat(parts) end
+    if chunk == nil then return nil, kind, msg end
+    parts[#parts + 1] = chunk
+  end
+end
+
+local function status_of_failure(kind)
+  if kind == "timeout" then return 504 end
+  if kind == "unavailable" then return 503 end
+  return 502
+end
+M.status_of_failure = status_of_failure
+
+local messages = {
+  timeout = "upstream timed out", unavailable = "no healthy upstream target",
+  connect = "upstream refused the connection", dns = "upstream host not found",
+  reset = "upstream closed the connection", tls = "upstream TLS failure",
+  error = "upstream request failed",
+}
+M.messages = messages
+
+-- One request through the upstream, with balancing and retries. `spec`:
+-- { method, path_and_query, headers (list of "Name: value"), body, key,
+--   timeout (ms), request_id, log_fields }.
+-- Returns the open handle, the target, status, headers -- or nil, kind, msg.
+function M:request(spec)
+  local attempts = 1 + self.retries
+  if not (idempotent[spec.method] or self.retry_non_idempotent) then attempts = 1 end
+  local tried, last_kind, last_msg = {}, "unavailable", "every target is down"
+  for attempt = 1, attempts do
+    local t = self:pick(tried, spec.key)
+    if not t then return nil, "unavailable", "every target of upstream " .. self.name .. " is down" end
+    tried[t] = true
+    t.active = t.active + 1
+    local h, kind, msg = core.fetch({
+      url = t.url .. spec.path_and_query, method = spec.method, headers = spec.headers,
+      body = spec.body, connect_timeout = self.connect_timeout,
+      timeout = spec.timeout or self.timeout, read_timeout = self.read_timeout,
+      verify = self.verify_tls,
+    })
+    local status, headers
+    if h then status, kind, msg = wait_head(h) end
+    t.active = t.active - 1
+    if status then
+      headers = kind
+      local retryable = self.retry_set[tostring(status)] and attempt < attempts
+      if status >= 500 then self:failed(t, tostring(status)) else self:succeeded(t) end
+      if not retryable then return h, t, status, headers end
+      h:close()
+      kind, msg = tostring(status), "upstream answered " .. status
+    else
+      if h then h:close() end
+      self:failed(t, kind)
+    end
+    core.log("warn", string.format("upstream %s: attempt %d/%d to %s failed: %s (%s)",
+             self.name, attempt, attempts, t.url, kind, msg or ""),
+             string.format('"upstream":%s,"target":%s,"attempt":%d,"kind":%s,"request_id":%s',
+                           cjson.encode(self.name), cjson.encode(t.url), attempt,
+                           cjson.encode(kind), cjson.encode(spec.request_id or "")))
+    last_kind, last_msg = kind, msg
+    if not self.retry_set[kind] then break end
+  end
+  if tonumber(last_kind) then last_kind = "error" end
+  return nil, last_kind, last_msg
+end
+
+M.read_all = read_all
+M.hop = hop
+M.hop_response = hop_response
+return M

@@ -1,0 +1,286 @@
+/* libcurl multi-socket on the worker's libuv loop. See include/moongate/fetch.h.
+ *
+ * curl tells us which sockets to watch (socket_cb) and when to call it back
+ * (timer_cb); libuv tells us when a socket is ready. Every path into curl
+ * ends with after_curl(), which collects finished transfers and resumes the
+ * coroutines whose transfer has something for them. */
+#include "moongate/fetch.h"
+#include "moongate/app.h"
+#include "moongate/log.h"
+#include "moongate/worker.h"
+
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  uv_poll_t poll;
+  curl_socket_t fd;
+  mg_worker *w;
+} curl_sock;
+
+static void after_curl(mg_worker *w);
+static void idle_cb(uv_idle_t *h);
+
+static void mark_ready(mg_fetch *f) {
+  if (f->ready || !f->waiter) return;
+  mg_worker *w = f->w;
+  f->ready = 1;
+  f->next_ready = w->fetch_ready;
+  w->fetch_ready = f;
+  if (!uv_is_active((uv_handle_t *)&w->fetch_idle)) uv_idle_start(&w->fetch_idle, idle_cb);
+}
+
+/* ---- socket and timer plumbing ------------------------------------------ */
+
+static void poll_cb(uv_poll_t *p, int status, int events) {
+  curl_sock *cs = p->data;
+  mg_worker *w = cs->w;
+  int flags = 0;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  int running;
+  curl_multi_socket_action(w->curl_multi, cs->fd, flags, &running);
+  after_curl(w);
+}
+
+static void sock_close_cb(uv_handle_t *h) { free(h->data); }
+
+static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
+  mg_worker *w = userp;
+  curl_sock *cs = socketp;
+  if (what == CURL_POLL_REMOVE) {
+    if (cs) {
+      uv_poll_stop(&cs->poll);
+      uv_close((uv_handle_t *)&cs->poll, sock_close_cb);
+      curl_multi_assign(w->curl_multi, s, NULL);
+    }
+    return 0;
+  }
+  if (!cs) {
+    cs = mg_xcalloc(1, sizeof *cs);
+    cs->fd = s;
+    cs->w = w;
+    if (uv_poll_init_socket(&w->loop, &cs->poll, s) != 0) { free(cs); return -1; }
+    cs->poll.data = cs;
+    curl_multi_assign(w->curl_multi, s, cs);
+  }
+  int events = 0;
+  if (what & CURL_POLL_IN) events |= UV_READABLE;
+  if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
+  uv_poll_start(&cs->poll, events, poll_cb);
+  return 0;
+}
+
+static void curl_timer_cb(uv_timer_t *t) {
+  mg_worker *w = t->data;
+  int running;
+  curl_multi_socket_action(w->curl_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  after_curl(w);
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp) {
+  mg_worker *w = userp;
+  if (timeout_ms < 0) uv_timer_stop(&w->curl_timer);
+  else uv_timer_start(&w->curl_timer, curl_timer_cb, (uint64_t)timeout_ms, 0);
+  return 0;
+}
+
+static void idle_cb(uv_idle_t *h) {
+  uv_idle_stop(h);
+  after_curl(h->data);
+}
+
+/* ---- transfer callbacks ------------------------------------------------- */
+
+static size_t header_cb(char *data, size_t size, size_t n, void *ud) {
+  mg_fetch *f = ud;
+  size_t len = size * n;
+  if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+    /* A status line: a new (possibly final) response head begins. */
+    f->head.len = 0;
+    f->head_done = 0;
+    const char *sp = memchr(data, ' ', len);
+    f->status = sp ? atoi(sp + 1) : 0;
+    return len;
+  }
+  if (len <= 2 && (data[0] == '\r' || data[0] == '\n')) {
+    if (f->status >= 200) {                  /* 1xx heads are not final */
+      f->head_done = 1;
+      if (f->wait == MG_FETCH_WAIT_HEAD) mark_ready(f);
+    }
+    return len;
+  }
+  mg_buf_append(&f->head, data, len);
+  return len;
+}
+
+static size_t write_cb(char *data, size_t size, size_t n, void *ud) {
+  mg_fetch *f = ud;
+  size_t len = size * n;
+  if (f->body.len - f->body_off > f->max_buffer) {
+    f->paused = 1;                           /* the reader is behind: wait for it */
+    return CURL_WRITEFUNC_PAUSE;
+  }
+  if (f->body_off > 0 && f->body_off == f->body.len) { f->body.len = 0; f->body_off = 0; }
+  mg_buf_append(&f->body, data, len);
+  if (f->wait == MG_FETCH_WAIT_BODY || (f->wait == MG_FETCH_WAIT_HEAD && f->head_done)) mark_ready(f);
+  return len;
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+int mg_fetch_init(mg_worker *w) {
+  if (w->curl_multi) return 0;
+  w->curl_multi = curl_multi_init();
+  if (!w->curl_multi) return -1;
+  curl_multi_setopt(w->curl_multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+  curl_multi_setopt(w->curl_multi, CURLMOPT_SOCKETDATA, w);
+  curl_multi_setopt(w->curl_multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+  curl_multi_setopt(w->curl_multi, CURLMOPT_TIMERDATA, w);
+  curl_multi_setopt(w->curl_multi, CURLMOPT_MAXCONNECTS, (long)w->fetch_pool_size);
+  uv_timer_init(&w->loop, &w->curl_timer);
+  w->curl_timer.data = w;
+  uv_idle_init(&w->loop, &w->fetch_idle);
+  w->fetch_idle.data = w;
+  return 0;
+}
+
+/* Only this file creates poll handles; at shutdown close what curl left. */
+static void close_poll(uv_handle_t *h, void *arg) {
+  if (h->type == UV_POLL && !uv_is_closing(h)) uv_close(h, sock_close_cb);
+}
+
+void mg_fetch_shutdown(mg_worker *w) {
+  if (!w->curl_multi) return;
+  /* Transfers still running belong to coroutines that will never resume. */
+  while (w->fetch_all) {
+    mg_fetch *f = w->fetch_all;
+    f->lua_owned = 0;                      /* their Lua states are gone */
+    mg_fetch_cancel(f);
+  }
+  curl_multi_cleanup(w->curl_multi);
+  w->curl_multi = NULL;
+  uv_walk(&w->loop, close_poll, NULL);
+  uv_close((uv_handle_t *)&w->curl_timer, NULL);
+  uv_close((uv_handle_t *)&w->fetch_idle, NULL);
+}
+
+mg_fetch *mg_fetch_new(mg_worker *w) {
+  mg_fetch *f = mg_xcalloc(1, sizeof *f);
+  f->w = w;
+  f->easy = curl_easy_init();
+  f->max_buffer = 256 * 1024;
+  curl_easy_setopt(f->easy, CURLOPT_PRIVATE, f);
+  curl_easy_setopt(f->easy, CURLOPT_HEADERFUNCTION, header_cb);
+  curl_easy_setopt(f->easy, CURLOPT_HEADERDATA, f);
+  curl_easy_setopt(f->easy, CURLOPT_WRITEFUNCTION, write_cb);
+  curl_easy_setopt(f->easy, CURLOPT_WRITEDATA, f);
+  curl_easy_setopt(f->easy, CURLOPT_ERRORBUFFER, f->errbuf);
+  curl_easy_setopt(f->easy, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(f->easy, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(f->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+  /* We relay what the upstream sends: no decoding, no redirects. */
+  curl_easy_setopt(f->easy, CURLOPT_HTTP_CONTENT_DECODING, 0L);
+  curl_easy_setopt(f->easy, CURLOPT_HTTP_TRANSFER_DECODING, 1L);
+  curl_easy_setopt(f->easy, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(f->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+  f->next_all = w->fetch_all;
+  if (w->fetch_all) w->fetch_all->prev_all = f;
+  w->fetch_all = f;
+  return f;
+}
+
+int mg_fetch_start(mg_fetch *f) {
+  if (f->req_headers) curl_easy_setopt(f->easy, CURLOPT_HTTPHEADER, f->req_headers);
+  if (curl_multi_add_handle(f->w->curl_multi, f->easy) != CURLM_OK) return -1;
+  f->running = 1;
+  return 0;
+}
+
+static void unready(mg_fetch *f) {
+  if (!f->ready) return;
+  mg_fetch **pp = &f->w->fetch_ready;
+  while (*pp && *pp != f) pp = &(*pp)->next_ready;
+  if (*pp) *pp = f->next_ready;
+  f->ready = 0;
+}
+
+void mg_fetch_free(mg_fetch *f) {
+  mg_worker *w = f->w;
+  unready(f);
+  if (f->running) curl_multi_remove_handle(w->curl_multi, f->easy);
+  curl_easy_cleanup(f->easy);
+  curl_slist_free_all(f->req_headers);
+  free(f->req_body);
+  mg_buf_free(&f->head);
+  mg_buf_free(&f->body);
+  if (f->prev_all) f->prev_all->next_all = f->next_all;
+  else w->fetch_all = f->next_all;
+  if (f->next_all) f->next_all->prev_all = f->prev_all;
+  free(f);
+}
+
+void mg_fetch_cancel(mg_fetch *f) {
+  if (f->running) {
+    curl_multi_remove_handle(f->w->curl_multi, f->easy);
+    f->running = 0;
+  }
+  f->waiter = NULL;
+  unready(f);
+  if (!f->done) { f->done = 1; f->result = CURLE_ABORTED_BY_CALLBACK; }
+  if (!f->lua_owned) mg_fetch_free(f);
+}
+
+void mg_fetch_consumed(mg_fetch *f) {
+  if (f->paused && f->running && f->body.len - f->body_off <= f->max_buffer / 2) {
+    f->paused = 0;
+    /* May deliver the held-back data through write_cb right here. */
+    curl_easy_pause(f->easy, CURLPAUSE_CONT);
+  }
+}
+
+const char *mg_fetch_error_kind(CURLcode rc) {
+  switch (rc) {
+    case CURLE_COULDNT_CONNECT: return "connect";
+    case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_RESOLVE_PROXY: return "dns";
+    case CURLE_OPERATION_TIMEDOUT: return "timeout";
+    case CURLE_GOT_NOTHING: case CURLE_RECV_ERROR: case CURLE_SEND_ERROR:
+    case CURLE_PARTIAL_FILE: case CURLE_WEIRD_SERVER_REPLY: return "reset";
+    case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE:
+      return "tls";
+    default: return "error";
+  }
+}
+
+/* Collects finished transfers, then resumes every coroutine with news. */
+static void after_curl(mg_worker *w) {
+  CURLMsg *msg;
+  int left;
+  while ((msg = curl_multi_info_read(w->curl_multi, &left))) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    mg_fetch *f = NULL;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&f);
+    f->result = msg->data.result;
+    f->done = 1;
+    f->running = 0;
+    curl_multi_remove_handle(w->curl_multi, f->easy);
+    if (f->waiter) mark_ready(f);
+    else if (!f->lua_owned) mg_fetch_free(f);
+  }
+  while (w->fetch_ready) {
+    mg_fetch *f = w->fetch_ready;
+    w->fetch_ready = f->next_ready;
+    f->ready = 0;
+    mg_coctx *cx = f->waiter;
+    if (!cx) continue;
+    f->waiter = NULL;
+    f->wait = MG_FETCH_WAIT_NONE;
+    cx->waiting = MG_WAIT_NONE;
+    /* The Lua side (lua_fetch.c) reads the outcome from the transfer. */
+    mg_coctx_resume(cx, 0);
+  }
+}
+

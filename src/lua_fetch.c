@@ -1,0 +1,267 @@
+/* The Lua face of fetch.c: `core.fetch(opts)` starts one transfer and
+ * returns a handle; the handle's methods wait without blocking the worker.
+ * lua/moongate/upstream.lua builds req:fetch() and req:proxy() on them.
+ *
+ *   h = core.fetch{ url =, method =, headers = { "Name: value", ... },
+ *                   body =, connect_timeout =, timeout =, read_timeout = (ms),
+ *                   verify = true }
+ *   h:head()   -> status, headers | nil, kind, message | nothing (waited:
+ *                 call again)
+ *   h:read()   -> chunk | false (end) | nil, kind, message | nothing (waited)
+ *   h:rest()   -> the whole remaining body if the transfer is complete, else nil
+ *   h:info()   -> { connect_ms, first_byte_ms, total_ms, ip, reused }
+ *   h:close()  -> stops the transfer
+ * Error kinds: "connect", "dns", "timeout", "reset", "tls", "error". */
+#include "moongate/app.h"
+#include "moongate/fetch.h"
+#include "moongate/worker.h"
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#define FETCH_MT "moongate.fetch"
+
+typedef struct { mg_fetch *f; } fetch_ud;
+
+static mg_fetch *check_fetch(lua_State *L) {
+  fetch_ud *u = luaL_checkudata(L, 1, FETCH_MT);
+  if (!u->f) luaL_error(L, "fetch handle used after close");
+  return u->f;
+}
+
+static long opt_ms(lua_State *L, int t, const char *key, long dflt) {
+  lua_getfield(L, t, key);
+  long v = lua_isnumber(L, -1) ? (long)lua_tonumber(L, -1) : dflt;
+  lua_pop(L, 1);
+  return v;
+}
+
+static int l_fetch(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  mg_coctx *cx = lua_getexdata(L);
+  if (!cx || !cx->app->w) luaL_error(L, "fetch: not inside a request or timer");
+  mg_worker *w = cx->app->w;
+  lua_getfield(L, 1, "url");
+  const char *url = luaL_checkstring(L, -1);
+  if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+    luaL_error(L, "fetch: url must start with http:// or https://");
+  mg_fetch *f = mg_fetch_new(w);
+  curl_easy_setopt(f->easy, CURLOPT_URL, url);
+  lua_pop(L, 1);
+
+  lua_getfield(L, 1, "method");
+  const char *method = luaL_optstring(L, -1, "GET");
+  lua_getfield(L, 1, "body");
+  size_t blen = 0;
+  const char *body = lua_isstring(L, -1) ? lua_tolstring(L, -1, &blen) : NULL;
+  if (body) {
+    f->req_body = mg_xmalloc(blen + 1);
+    memcpy(f->req_body, body, blen);
+    f->req_body_len = blen;
+    curl_easy_setopt(f->easy, CURLOPT_POSTFIELDS, f->req_body);
+    curl_easy_setopt(f->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+  }
+  if (strcmp(method, "HEAD") == 0) curl_easy_setopt(f->easy, CURLOPT_NOBODY, 1L);
+  else if (strcmp(method, "GET") != 0 || body) curl_easy_setopt(f->easy, CURLOPT_CUSTOMREQUEST, method);
+  lua_pop(L, 2);
+
+  /* Headers: a list of "Name: value" lines. curl adds none of its own that
+   * we do not override: Expect and Accept are blanked unless given. */
+  lua_getfield(L, 1, "headers");
+  int has_expect = 0, has_accept = 0;
+  if (lua_istable(L, -1)) {
+    int n = (int)lua_objlen(L, -1);
+    for (int i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      size_t hl;
+      const char *h = lua_tolstring(L, -1, &hl);
+      if (!h || memchr(h, '\r', hl) || memchr(h, '\n', hl)) {
+        mg_fetch_free(f);
+        luaL_error(L, "fetch: headers[%d] must be a \"Name: value\" string without CR/LF", i);
+      }
+      if (strncasecmp(h, "expect:", 7) == 0) has_expect = 1;
+      if (strncasecmp(h, "accept:", 7) == 0) has_accept = 1;
+      f->req_headers = curl_slist_append(f->req_headers, h);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  if (!has_expect) f->req_headers = curl_slist_append(f->req_headers, "Expect:");
+  if (!has_accept) f->req_headers = curl_slist_append(f->req_headers, "Accept:");
+
+  curl_easy_setopt(f->easy, CURLOPT_CONNECTTIMEOUT_MS, opt_ms(L, 1, "connect_timeout", 5000));
+  curl_easy_setopt(f->easy, CURLOPT_TIMEOUT_MS, opt_ms(L, 1, "timeout", 60000));
+  long read_ms = opt_ms(L, 1, "read_timeout", 0);
+  if (read_ms > 0) {
+    /* curl's idle-read guard: under 1 byte/s for N whole seconds. */
+    curl_easy_setopt(f->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(f->easy, CURLOPT_LOW_SPEED_TIME, (read_ms + 999) / 1000);
+  }
+  lua_getfield(L, 1, "verify");
+  if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+    curl_easy_setopt(f->easy, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(f->easy, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  lua_pop(L, 1);
+
+  if (mg_fetch_start(f) != 0) {
+    mg_fetch_free(f);
+    lua_pushnil(L);
+    lua_pushliteral(L, "error");
+    lua_pushliteral(L, "could not start the transfer");
+    return 3;
+  }
+  fetch_ud *u = lua_newuserdata(L, sizeof *u);
+  u->f = f;
+  f->lua_owned = 1;
+  luaL_getmetatable(L, FETCH_MT);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+static int push_failure(lua_State *L, mg_fetch *f) {
+  lua_pushnil(L);
+  lua_pushstring(L, mg_fetch_error_kind(f->result));
+  lua_pushstring(L, f->errbuf[0] ? f->errbuf : curl_easy_strerror(f->result));
+  return 3;
+}
+
+static int park(lua_State *L, mg_fetch *f, int what) {
+  mg_coctx *cx = lua_getexdata(L);
+  if (!cx) luaL_error(L, "fetch: waiting outside a request or timer");
+  if (f->waiter && f->waiter != cx) luaL_error(L, "fetch handle is already being waited on");
+  f->waiter = cx;
+  f->wait = what;
+  cx->waiting = MG_WAIT_FETCH;
+  return lua_yield(L, 0);
+}
+
+/* Pushes the response headers as { name = value } with lower-case names;
+ * repeated headers are joined with ", " (set-cookie with "\n"). */
+static void push_headers(lua_State *L, mg_fetch *f) {
+  lua_newtable(L);
+  const char *p = f->head.data ? f->head.data : "";
+  const char *end = p + f->head.len;
+  while (p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    if (!eol) eol = end;
+    const char *colon = memchr(p, ':', (size_t)(eol - p));
+    if (colon) {
+      char name[128];
+      size_t nl = (size_t)(colon - p);
+      if (nl >= sizeof name) nl = sizeof name - 1;
+      for (size_t i = 0; i < nl; i++) name[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]);
+      const char *v = colon + 1, *ve = eol;
+      while (v < ve && (*v == ' ' || *v == '\t')) v++;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      lua_pushlstring(L, name, nl);
+      lua_pushvalue(L, -1);
+      lua_rawget(L, -3);
+      if (lua_isstring(L, -1)) {
+        lua_pushstring(L, nl == 10 && memcmp(name, "set-cookie", 10) == 0 ? "\n" : ", ");
+        lua_pushlstring(L, v, (size_t)(ve - v));
+        lua_concat(L, 3);
+      } else {
+        lua_pop(L, 1);
+        lua_pushlstring(L, v, (size_t)(ve - v));
+      }
+      lua_rawset(L, -3);
+    }
+    p = eol + 1;
+  }
+}
+
+static int l_head(lua_State *L) {
+  mg_fetch *f = check_fetch(L);
+  if (f->head_done) {
+    lua_pushinteger(L, f->status);
+    push_headers(L, f);
+    return 2;
+  }
+  if (f->done) {
+    if (f->result == CURLE_OK) {     /* ended without a final head */
+      f->result = CURLE_GOT_NOTHING;
+      snprintf(f->errbuf, sizeof f->errbuf, "no response head");
+    }
+    return push_failure(L, f);
+  }
+  return park(L, f, MG_FETCH_WAIT_HEAD);
+}
+
+static int l_read(lua_State *L) {
+  mg_fetch *f = check_fetch(L);
+  size_t avail = f->body.len - f->body_off;
+  if (avail > 0) {
+    lua_pushlstring(L, f->body.data + f->body_off, avail);
+    f->body.len = f->body_off = 0;
+    mg_fetch_consumed(f);
+    return 1;
+  }
+  if (f->done) {
+    if (f->result != CURLE_OK) return push_failure(L, f);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  return park(L, f, MG_FETCH_WAIT_BODY);
+}
+
+static int l_rest(lua_State *L) {
+  mg_fetch *f = check_fetch(L);
+  if (!f->done || f->result != CURLE_OK) return 0;
+  lua_pushlstring(L, f->body.data ? f->body.data + f->body_off : "", f->body.len - f->body_off);
+  f->body.len = f->body_off = 0;
+  return 1;
+}
+
+static int l_info(lua_State *L) {
+  mg_fetch *f = check_fetch(L);
+  curl_off_t connect = 0, first = 0, total = 0;
+  long conns = 0;
+  char *ip = NULL;
+  curl_easy_getinfo(f->easy, CURLINFO_CONNECT_TIME_T, &connect);
+  curl_easy_getinfo(f->easy, CURLINFO_STARTTRANSFER_TIME_T, &first);
+  curl_easy_getinfo(f->easy, CURLINFO_TOTAL_TIME_T, &total);
+  curl_easy_getinfo(f->easy, CURLINFO_NUM_CONNECTS, &conns);
+  curl_easy_getinfo(f->easy, CURLINFO_PRIMARY_IP, &ip);
+  lua_createtable(L, 0, 5);
+  lua_pushnumber(L, (double)connect / 1000.0);
+  lua_setfield(L, -2, "connect_ms");
+  lua_pushnumber(L, (double)first / 1000.0);
+  lua_setfield(L, -2, "first_byte_ms");
+  lua_pushnumber(L, (double)total / 1000.0);
+  lua_setfield(L, -2, "total_ms");
+  lua_pushstring(L, ip ? ip : "");
+  lua_setfield(L, -2, "ip");
+  lua_pushboolean(L, conns == 0);
+  lua_setfield(L, -2, "reused");
+  return 1;
+}
+
+static int l_close(lua_State *L) {
+  fetch_ud *u = luaL_checkudata(L, 1, FETCH_MT);
+  if (u->f) {
+    mg_fetch *f = u->f;
+    u->f = NULL;
+    f->lua_owned = 0;
+    mg_fetch_cancel(f);
+  }
+  return 0;
+}
+
+void mg_lua_open_fetch(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"head", l_head}, {"read", l_read}, {"rest", l_rest}, {"info", l_info},
+    {"close", l_close}, {NULL, NULL}};
+  luaL_newmetatable(L, FETCH_MT);
+  lua_newtable(L);
+  luaL_register(L, NULL, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_fetch);
+  lua_setfield(L, -2, "fetch");   /* into the core table on the stack */
+}
