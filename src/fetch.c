@@ -12,8 +12,9 @@
 #include <lua.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-typedef struct {
+typedef struct curl_sock {
   uv_poll_t poll;
   curl_socket_t fd;
   mg_worker *w;
@@ -47,24 +48,46 @@ static void poll_cb(uv_poll_t *p, int status, int events) {
 
 static void sock_close_cb(uv_handle_t *h) { free(h->data); }
 
+/* A socket's poll handle lives as long as the socket: curl says REMOVE when
+ * a connection goes back to its cache, and we only stop watching; the
+ * handle is closed when curl closes the socket (close_socket_cb). This saves
+ * an allocation and a handle per proxied request on a kept-alive connection. */
+static curl_sock *sock_lookup(mg_worker *w, curl_socket_t s) {
+  return s >= 0 && s < w->nsocks ? w->socks[s] : NULL;
+}
+
+static int close_socket_cb(void *clientp, curl_socket_t s) {
+  mg_worker *w = clientp;
+  curl_sock *cs = sock_lookup(w, s);
+  if (cs) {
+    w->socks[s] = NULL;
+    uv_poll_stop(&cs->poll);
+    uv_close((uv_handle_t *)&cs->poll, sock_close_cb);
+  }
+  return close(s);
+}
+
 static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
   mg_worker *w = userp;
-  curl_sock *cs = socketp;
+  curl_sock *cs = sock_lookup(w, s);
   if (what == CURL_POLL_REMOVE) {
-    if (cs) {
-      uv_poll_stop(&cs->poll);
-      uv_close((uv_handle_t *)&cs->poll, sock_close_cb);
-      curl_multi_assign(w->curl_multi, s, NULL);
-    }
+    if (cs) uv_poll_stop(&cs->poll);
     return 0;
   }
   if (!cs) {
+    if (s >= w->nsocks) {
+      int n = w->nsocks ? w->nsocks : 64;
+      while (n <= s) n *= 2;
+      w->socks = mg_xrealloc(w->socks, (size_t)n * sizeof *w->socks);
+      memset(w->socks + w->nsocks, 0, (size_t)(n - w->nsocks) * sizeof *w->socks);
+      w->nsocks = n;
+    }
     cs = mg_xcalloc(1, sizeof *cs);
     cs->fd = s;
     cs->w = w;
     if (uv_poll_init_socket(&w->loop, &cs->poll, s) != 0) { free(cs); return -1; }
     cs->poll.data = cs;
-    curl_multi_assign(w->curl_multi, s, cs);
+    w->socks[s] = cs;
   }
   int events = 0;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
@@ -160,19 +183,44 @@ void mg_fetch_shutdown(mg_worker *w) {
     f->lua_owned = 0;                      /* their Lua states are gone */
     mg_fetch_cancel(f);
   }
-  curl_multi_cleanup(w->curl_multi);
+  while (w->easy_pool_n > 0) curl_easy_cleanup(w->easy_pool[--w->easy_pool_n]);
+  curl_multi_cleanup(w->curl_multi);      /* closes cached connections */
   w->curl_multi = NULL;
   uv_walk(&w->loop, close_poll, NULL);
+  free(w->socks);
+  w->socks = NULL;
+  w->nsocks = 0;
   uv_close((uv_handle_t *)&w->curl_timer, NULL);
   uv_close((uv_handle_t *)&w->fetch_idle, NULL);
+}
+
+/* Easy handles are pooled per worker: creating one costs several
+ * allocations, and a reset handle keeps nothing of the previous transfer
+ * (connections live in the multi handle's cache either way). */
+#define EASY_POOL_MAX 64
+
+static CURL *easy_get(mg_worker *w) {
+  if (w->easy_pool_n > 0) return w->easy_pool[--w->easy_pool_n];
+  return curl_easy_init();
+}
+
+static void easy_put(mg_worker *w, CURL *easy) {
+  if (w->curl_multi && w->easy_pool_n < EASY_POOL_MAX) {
+    curl_easy_reset(easy);
+    w->easy_pool[w->easy_pool_n++] = easy;
+  } else {
+    curl_easy_cleanup(easy);
+  }
 }
 
 mg_fetch *mg_fetch_new(mg_worker *w) {
   mg_fetch *f = mg_xcalloc(1, sizeof *f);
   f->w = w;
-  f->easy = curl_easy_init();
+  f->easy = easy_get(w);
   f->max_buffer = 256 * 1024;
   curl_easy_setopt(f->easy, CURLOPT_PRIVATE, f);
+  curl_easy_setopt(f->easy, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
+  curl_easy_setopt(f->easy, CURLOPT_CLOSESOCKETDATA, w);
   curl_easy_setopt(f->easy, CURLOPT_HEADERFUNCTION, header_cb);
   curl_easy_setopt(f->easy, CURLOPT_HEADERDATA, f);
   curl_easy_setopt(f->easy, CURLOPT_WRITEFUNCTION, write_cb);
@@ -211,7 +259,7 @@ void mg_fetch_free(mg_fetch *f) {
   mg_worker *w = f->w;
   unready(f);
   if (f->running) curl_multi_remove_handle(w->curl_multi, f->easy);
-  curl_easy_cleanup(f->easy);
+  easy_put(w, f->easy);
   curl_slist_free_all(f->req_headers);
   free(f->req_body);
   mg_buf_free(&f->head);

@@ -40,6 +40,10 @@ struct mg_worker {
   uv_idle_t fetch_idle;
   mg_fetch *fetch_ready, *fetch_all;
   int fetch_pool_size;
+  struct curl_sock **socks;       /* by fd: poll handles of curl's sockets */
+  int nsocks;
+  void *easy_pool[64];            /* idle curl easy handles (fetch.c) */
+  int easy_pool_n;
 
   mg_buf access_log;
   mg_buf scratch;                 /* response serialization, reused */

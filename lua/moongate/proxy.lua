@@ -170,13 +170,15 @@ function methods.proxy(r, name, opts)
     r:log_field("upstream_error", kind)
     return upstream.status_of_failure(kind), upstream.messages[kind] or msg
   end
-  local info = h:info()
-  r:log_field("upstream", up.name)
-  r:log_field("upstream_target", t.url)
-  r:log_field("upstream_status", status)
-  r:log_field("upstream_connect_ms", info.connect_ms)
-  r:log_field("upstream_first_byte_ms", info.first_byte_ms)
-  r:log_field("trace_id", r.ctx.trace_id)
+  if request.hooks.access_log then
+    local info = h:info()
+    r:log_field("upstream", up.name)
+    r:log_field("upstream_target", t.url)
+    r:log_field("upstream_status", status)
+    r:log_field("upstream_connect_ms", info.connect_ms)
+    r:log_field("upstream_first_byte_ms", info.first_byte_ms)
+    r:log_field("trace_id", r.ctx.trace_id)
+  end
 
   local out = {}
   for k, v in pairs(rh) do

@@ -186,6 +186,7 @@ function M.load(path, overrides)
   local app = config.load(path, overrides)
   routes, global = app.routes, app.global
   proxy.registry = app.upstreams
+  request.hooks.access_log = app.settings.access_log
   local c_routes = {}
   for i, r in ipairs(routes) do
     c_routes[i] = { methods = r.methods, host = r.host, path = r.path, name = r.name,
