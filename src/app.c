@@ -78,6 +78,7 @@ mg_app *mg_app_load(const mg_load_opts *o, mg_worker *w, char *err, size_t errle
   lua_getglobal(L, "require");
   lua_pushliteral(L, "moongate.runtime");
   if (lua_pcall(L, 1, 1, 0) != 0) goto lua_fail;
+  mg_lua_open_timer(L, app);
   lua_getfield(L, -1, "load");
   lua_pushstring(L, o->config_path);
   lua_createtable(L, 0, 4);
@@ -110,6 +111,7 @@ static void timer_close_cb(uv_handle_t *h) { free(h); }
 
 void mg_app_free(mg_app *app) {
   if (!app) return;
+  mg_timers_stop(app);
   mg_coctx *cx = app->all_co;
   while (cx) {
     mg_coctx *next = cx->next_all;
@@ -141,6 +143,18 @@ static mg_coctx *coctx_acquire(mg_app *app) {
   cx->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_setexdata(cx->co, cx);
   lua_rawgeti(cx->co, LUA_REGISTRYINDEX, app->body_ref);   /* not started yet */
+  cx->next_all = app->all_co;
+  app->all_co = cx;
+  return cx;
+}
+
+mg_coctx *mg_coctx_new_detached(mg_app *app) {
+  mg_coctx *cx = mg_xcalloc(1, sizeof *cx);
+  cx->app = app;
+  cx->detached = 1;
+  cx->co = lua_newthread(app->L);
+  cx->ref = luaL_ref(app->L, LUA_REGISTRYINDEX);
+  lua_setexdata(cx->co, cx);
   cx->next_all = app->all_co;
   app->all_co = cx;
   return cx;
@@ -212,6 +226,14 @@ void mg_coctx_resume(mg_coctx *cx, int nargs) {
       if (req) { req->co = NULL; mg_request_finish(req); }
     }
     return;                            /* parked on I/O, a timer, a drain */
+  }
+  if (cx->detached) {                  /* a timer run ended */
+    if (st != 0)
+      mg_log(MG_LOG_ERROR, NULL, "timer: %s",
+             lua_isstring(co, -1) ? lua_tostring(co, -1) : "(error without a message)");
+    mg_timer_run_ended(cx);
+    coctx_discard(cx);
+    return;
   }
   /* The body never returns and catches every error itself; getting here
    * means a bug in the runtime. Keep serving: drop this coroutine. */

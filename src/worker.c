@@ -224,6 +224,7 @@ static void worker_reload(mg_worker *w) {
   mg_app *old = w->app;
   w->app = app;
   old->retired = 1;
+  mg_timers_stop(old);                 /* the new generation runs its own */
   if (old->inflight == 0) {
     old->freeing = 1;
     mg_app_free(old);

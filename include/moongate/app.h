@@ -32,6 +32,8 @@ typedef struct mg_coctx {
   int waiting;              /* MG_WAIT_* */
   struct mg_coctx *next_free;
   struct mg_coctx *next_all;
+  int detached;             /* a timer run: not pooled, ends by returning */
+  struct mg_ltimer *owner_timer;
 } mg_coctx;
 
 enum { MG_WAIT_NONE, MG_WAIT_SLEEP, MG_WAIT_DRAIN, MG_WAIT_FETCH };
@@ -56,6 +58,7 @@ typedef struct mg_app {
   int inflight;             /* coroutines currently serving a request */
   int retired;              /* replaced by a newer generation */
   struct mg_app *next_retired;
+  struct mg_ltimer *timers;  /* core.timer timers of this generation */
 } mg_app;
 
 /* Loads and validates a generation. Returns NULL and a message naming the
@@ -67,5 +70,12 @@ void mg_app_free(mg_app *app);
 void mg_app_dispatch(mg_app *app, mg_request *req);
 /* Resumes a parked coroutine with `nargs` values already on its stack. */
 void mg_coctx_resume(mg_coctx *cx, int nargs);
+/* A coroutine for background work (timers), outside the request pool. */
+mg_coctx *mg_coctx_new_detached(mg_app *app);
+
+/* lua_timer.c */
+void mg_lua_open_timer(struct lua_State *L, mg_app *app);
+void mg_timers_stop(mg_app *app);
+void mg_timer_run_ended(mg_coctx *cx);
 
 #endif

@@ -20,6 +20,7 @@
 --       retry_on = { "connect", "timeout", "502", "503", "504" },
 --       retry_non_idempotent = false,-- POST/PATCH are not retried unless true
 --       max_fails = 3, fail_timeout = "10s",   -- passive health
+--       health_check = { path = "/health", interval = "5s", timeout = "2s", status = 200 },
 --       verify_tls = true,
 --     },
 --   }
@@ -28,6 +29,7 @@ local core = require "moongate.core"
 local schema = require "moongate.schema"
 local cjson = require "cjson.safe"
 local bit = require "bit"
+local timer = require "moongate.timer"
 
 local M = {}
 
@@ -48,6 +50,14 @@ M.schema = {
   max_fails = { type = "integer", default = 3, min = 1 },
   fail_timeout = { type = "duration", default = "10s", min = 1 },
   verify_tls = { type = "boolean", default = true },
+  health_check = { type = "table" },          -- active checks, see check_schema
+}
+
+local check_schema = {
+  path = { type = "string", default = "/health" },
+  interval = { type = "duration", default = "5s", min = 100 },
+  timeout = { type = "duration", default = "2s", min = 10 },
+  status = { type = "integer", default = 200 },
 }
 
 local idempotent = { GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE = true, TRACE = true }
@@ -84,7 +94,12 @@ function M.new(name, conf, where)
   c.name, c.targets = name, targets
   c.retry_set = {}
   for _, k in ipairs(c.retry_on) do c.retry_set[k] = true end
-  return setmetatable(c, { __index = M })
+  local up = setmetatable(c, { __index = M })
+  if c.health_check then
+    up.check = schema.check(check_schema, c.health_check, where .. ": health_check")
+    timer.every(up.check.interval / 1000, function() up:run_checks() end)
+  end
+  return up
 end
 
 local function healthy(t, now) return t.down_until <= now end
@@ -140,6 +155,38 @@ function M:pick(tried, key)
   end
   best.current = best.current - total
   return best
+end
+
+-- Active health checks: a target that does not answer `status` on `path`
+-- is out until a check passes again; one that does is back at once.
+function M:run_checks()
+  local chk = self.check
+  for _, t in ipairs(self.targets) do
+    local h, kind = core.fetch({ url = t.url .. chk.path, timeout = chk.timeout,
+                                 connect_timeout = chk.timeout, verify = self.verify_tls })
+    local status
+    if h then
+      local a
+      status, a = h:head()
+      while status == nil and a == nil do status, a = h:head() end
+      h:close()
+      if not status then kind = a end
+    end
+    local ok = status == chk.status
+    local was_down = t.down_until > core.now()
+    if ok then
+      t.fails, t.down_until = 0, 0
+      if was_down then
+        core.log("info", string.format("upstream %s: target %s is back (health check)", self.name, t.url))
+      end
+    else
+      t.down_until = core.now() + 3600 * 24        -- until a check passes
+      if not was_down then
+        core.log("warn", string.format("upstream %s: target %s failed its health check: %s",
+                 self.name, t.url, status and ("status " .. status) or tostring(kind)))
+      end
+    end
+  end
 end
 
 function M:succeeded(t)
