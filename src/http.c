@@ -287,7 +287,7 @@ int mg_response_send(mg_request *req, int status, const char *headers,
   head_begin(out, req, status);
   mg_buf_append(out, headers, hlen);
   if (no_body_status(status)) blen = 0;
-  else {
+  else if (!req->head_length_given) {
     mg_buf_append(out, "Content-Length: ", 16);
     mg_buf_append_uint(out, blen);
     mg_buf_append(out, "\r\n", 2);

@@ -154,8 +154,10 @@ static void add_header(lua_State *L, mg_buf *out, const char *name, size_t nlen,
 }
 
 /* Serializes the headers table at `idx` into w->hdrbuf. Framing headers are
- * the server's business and are dropped. */
-static void serialize_headers(lua_State *L, int idx, mg_buf *out) {
+ * the server's business and are dropped -- except a Content-Length on the
+ * answer to HEAD, which states the length of the body not sent (a proxied
+ * HEAD keeps the upstream's). */
+static void serialize_headers(lua_State *L, int idx, mg_buf *out, mg_request *req) {
   out->len = 0;
   if (lua_isnoneornil(L, idx)) return;
   luaL_checktype(L, idx, LUA_TTABLE);
@@ -165,6 +167,13 @@ static void serialize_headers(lua_State *L, int idx, mg_buf *out) {
     size_t nlen;
     const char *name = lua_tolstring(L, -2, &nlen);
     if (!valid_token(name, nlen)) luaL_error(L, "invalid header name '%s'", name);
+    if (req->is_head && mg_strcaseeq(name, nlen, "content-length", 14) &&
+        lua_type(L, -1) == LUA_TSTRING) {
+      req->head_length_given = 1;
+      add_header(L, out, name, nlen, lua_gettop(L));
+      lua_pop(L, 1);
+      continue;
+    }
     if (mg_strcaseeq(name, nlen, "content-length", 14) ||
         mg_strcaseeq(name, nlen, "transfer-encoding", 17) ||
         mg_strcaseeq(name, nlen, "connection", 10) ||
@@ -199,7 +208,7 @@ static int l_respond(lua_State *L) {
   size_t blen = 0;
   const char *body = lua_isnoneornil(L, 5) ? "" : luaL_checklstring(L, 5, &blen);
   mg_buf *hb = &req->w->hdrbuf;
-  serialize_headers(L, 4, hb);
+  serialize_headers(L, 4, hb, req);
   if (mg_response_send(req, status, hb->data ? hb->data : "", hb->len, body, blen) != 0) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");
@@ -214,7 +223,7 @@ static int l_stream_start(lua_State *L) {
   if (req->resp_started) luaL_error(L, "response already sent");
   int status = check_status(L, 3);
   mg_buf *hb = &req->w->hdrbuf;
-  serialize_headers(L, 4, hb);
+  serialize_headers(L, 4, hb, req);
   if (mg_response_stream_start(req, status, hb->data ? hb->data : "", hb->len) != 0) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");

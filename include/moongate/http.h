@@ -44,6 +44,7 @@ typedef struct mg_request {
   uint8_t expect_continue;
   uint8_t is_head;
   uint8_t has_host;
+  uint8_t head_length_given;   /* HEAD: the handler stated Content-Length */
 
   mg_route_match match;
   int error_status;            /* set when the request is dispatched as an error */

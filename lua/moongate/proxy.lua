@@ -25,6 +25,7 @@ local upstream = require "moongate.upstream"
 local request = require "moongate.request"
 
 local M = { registry = {} }
+local relay
 local methods = request.methods
 
 local function random_hex(n)
@@ -96,7 +97,7 @@ function methods.fetch(r, target, opts)
   local path = opts.path or rest or ""
   if path == "" and not up and rest == "" then path = "/" end
   local q = opts.query and encode_query(opts.query) or ""
-  local pq = path .. (q ~= "" and ("?" .. q) or "")
+  local pq = path .. (q ~= "" and ((path:find("?", 1, true) and "&" or "?") .. q) or "")
   local headers = {}
   local body = opts.body
   if opts.json ~= nil then
@@ -126,6 +127,7 @@ function methods.fetch(r, target, opts)
   end
   local data, kind, msg = upstream.read_all(h)
   h:close()
+  if up then up:done(t) end
   if not data then return nil, "incomplete", msg end   -- answered, but the body broke off
   return setmetatable({ status = status, headers = rh, body = data }, Response)
 end
@@ -180,23 +182,38 @@ function methods.proxy(r, name, opts)
     r:log_field("trace_id", r.ctx.trace_id)
   end
 
+  -- Response headers: minus hop-by-hop, also those the upstream's
+  -- Connection header names. A HEAD answer keeps the upstream's length.
+  local rdrop = {}
+  if rh.connection then
+    for tok in rh.connection:gmatch("[^,%s]+") do rdrop[tok:lower()] = true end
+  end
   local out = {}
   for k, v in pairs(rh) do
-    if not upstream.hop_response[k] then out[k] = v end
+    if not upstream.hop_response[k] and not rdrop[k] then out[k] = v end
   end
+  if method == "HEAD" and rh["content-length"] then out["Content-Length"] = rh["content-length"] end
   local on_chunk = opts.on_chunk
   local whole = not on_chunk and h:rest()
   if whole then
     h:close()
+    up:done(t)
     return { status = status, headers = out, body = whole, raw = true }
   end
+  local ok, err = pcall(relay, r, up, t, h, status, out, on_chunk)
+  h:close()
+  up:done(t)
+  if not ok then error(err, 0) end
+end
+
+-- Streams the rest of an upstream answer to the client.
+function relay(r, up, t, h, status, out, on_chunk)
   -- Relay as it arrives.
   r:stream(status, out)
   while true do
     local chunk, kind, msg = upstream.read_chunk(h)
     if chunk == false then break end
     if chunk == nil then
-      h:close()
       core.log("warn", string.format("upstream %s: %s broke off mid-body: %s (%s)",
                up.name, t.url, kind, msg or ""),
                string.format('"request_id":%s', cjson.encode(r.id)))
@@ -208,14 +225,12 @@ function methods.proxy(r, name, opts)
     if chunk and chunk ~= "" then
       local ok = r:write(chunk)
       if not ok then                      -- the client left: stop the upstream too
-        h:close()
         r.ctx.client_aborted = true
         r:log_field("client_aborted", true)
         return
       end
     end
   end
-  h:close()
 end
 
 return M

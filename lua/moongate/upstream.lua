@@ -104,13 +104,15 @@ end
 
 local function healthy(t, now) return t.down_until <= now end
 
+-- 32-bit FNV-1a. The prime is 2^24 + 403: multiplying in two parts keeps
+-- every intermediate exact in a double.
 local function fnv1a(s)
-  local h = 2166136261
+  local h = bit.tobit(2166136261)
   for i = 1, #s do
     h = bit.bxor(h, s:byte(i))
-    h = bit.tobit(h * 16777619)
+    h = bit.tobit(bit.lshift(h, 24) + bit.band(h, 0xffffffff) % 4294967296 * 403)
   end
-  return h
+  return h % 4294967296
 end
 
 -- Picks a healthy target not in `tried` (or any healthy one if all were
@@ -187,6 +189,11 @@ function M:run_checks()
       end
     end
   end
+end
+
+-- The caller is finished with a transfer request() returned.
+function M:done(t)
+  t.active = t.active - 1
 end
 
 function M:succeeded(t)
@@ -266,15 +273,19 @@ function M:request(spec)
     })
     local status, headers
     if h then status, kind, msg = wait_head(h) end
-    t.active = t.active - 1
     if status then
       headers = kind
       local retryable = self.retry_set[tostring(status)] and attempt < attempts
-      if status >= 500 then self:failed(t, tostring(status)) else self:succeeded(t) end
+      -- Like nginx's max_fails: a status counts against the target only when
+      -- it is one we retry on (502/503/504 by default), not any 5xx.
+      if self.retry_set[tostring(status)] then self:failed(t, tostring(status)) else self:succeeded(t) end
+      -- The target stays busy (least-busy) until the caller calls done(t).
       if not retryable then return h, t, status, headers end
+      t.active = t.active - 1
       h:close()
       kind, msg = tostring(status), "upstream answered " .. status
     else
+      t.active = t.active - 1
       if h then h:close() end
       self:failed(t, kind)
     end
