@@ -194,8 +194,16 @@ static void write_cb(uv_write_t *wr, int status) {
   free(r);
   if (c->closing) return;
   if (status != 0) { mg_conn_close(c); return; }
-  mg_worker_set_timeout(c->w, c, c->write_queued ? MG_TL_SEND : MG_TL_NONE,
-                        c->w->app->settings.send_timeout_ms);
+  if (c->write_queued) {
+    mg_worker_set_timeout(c->w, c, MG_TL_SEND, c->w->app->settings.send_timeout_ms);
+  } else if (c->tl == MG_TL_SEND) {
+    /* Sent: back to the timeout of whatever the connection does now. */
+    const mg_settings *s = &c->w->app->settings;
+    if (c->dispatched) mg_worker_set_timeout(c->w, c, MG_TL_NONE, 0);
+    else if (c->req) mg_worker_set_timeout(c->w, c, MG_TL_HEAD, s->header_timeout_ms);
+    else if (c->w->stopping && c->peer_eof != 2) { conn_end(c); return; }   /* idle now */
+    else mg_worker_set_timeout(c->w, c, MG_TL_IDLE, s->keepalive_timeout_ms);
+  }
   if (c->peer_eof == 2 && c->write_queued == 0) {
     c->peer_eof = 1;
     conn_end(c);

@@ -243,7 +243,8 @@ static void begin_stop(mg_worker *w) {
   mg_conn *c = w->conns;
   while (c) {
     mg_conn *next = c->all_next;
-    if (!c->dispatched && (!c->req || c->head_bytes == 0)) mg_conn_close(c);
+    if (!c->dispatched && c->write_queued == 0 && (!c->req || c->head_bytes == 0))
+      mg_conn_close(c);
     c = next;
   }
   on_tick(&w->tick);

@@ -741,3 +741,29 @@ def test_refused_requests_get_an_access_line(gateway):
     assert line["remote_ip"] == "127.0.0.1"
     assert line["uri"] == "/hello"
     assert line["request_id"] and line["bytes"] > 0
+
+
+def test_keepalive_timeout_after_a_response_that_had_to_queue(gateway):
+    """A response too big for one write is queued; once it is sent the
+    connection must fall back to the keep-alive timeout, not to none."""
+    cfg = """
+    return { listen = "127.0.0.1:8080", limits = { keepalive_timeout = "1s" },
+             routes = { { "GET", "/big", function() return 200, string.rep("x", 8 * 1024 * 1024) end } } }
+    """
+    g = gateway(cfg)
+    s = g.connect()
+    try:
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        got = b""
+        time.sleep(0.3)                    # let the server queue most of it
+        s.settimeout(5 * SLOW)
+        while b"\r\n\r\n" not in got or len(got) - got.index(b"\r\n\r\n") - 4 < 8 * 1024 * 1024:
+            b = s.recv(1 << 20)
+            assert b, "closed before the body was complete"
+            got += b
+        t0 = time.time()
+        s.settimeout(6 * SLOW)
+        assert s.recv(100) == b""          # closed by the keep-alive timeout...
+        assert time.time() - t0 < 4 * SLOW  # ...not left open forever
+    finally:
+        s.close()
