@@ -10,6 +10,7 @@
 #include "moongate/worker.h"
 
 #include <lua.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -281,6 +282,19 @@ void mg_fetch_cancel(mg_fetch *f) {
   if (!f->lua_owned) mg_fetch_free(f);
 }
 
+void mg_fetch_abort(mg_fetch *f) {
+  if (f->running) {
+    curl_multi_remove_handle(f->w->curl_multi, f->easy);
+    f->running = 0;
+  }
+  if (!f->done) {
+    f->done = 1;
+    f->result = CURLE_ABORTED_BY_CALLBACK;
+    snprintf(f->errbuf, sizeof f->errbuf, "the client closed the connection");
+  }
+  mark_ready(f);
+}
+
 void mg_fetch_consumed(mg_fetch *f) {
   if (f->paused && f->running && f->body.len - f->body_off <= f->max_buffer / 2) {
     f->paused = 0;
@@ -292,6 +306,7 @@ void mg_fetch_consumed(mg_fetch *f) {
 const char *mg_fetch_error_kind(CURLcode rc) {
   switch (rc) {
     case CURLE_COULDNT_CONNECT: return "connect";
+    case CURLE_ABORTED_BY_CALLBACK: return "closed";
     case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_RESOLVE_PROXY: return "dns";
     case CURLE_OPERATION_TIMEDOUT: return "timeout";
     case CURLE_GOT_NOTHING: case CURLE_RECV_ERROR: case CURLE_SEND_ERROR:
@@ -327,6 +342,7 @@ static void after_curl(mg_worker *w) {
     f->waiter = NULL;
     f->wait = MG_FETCH_WAIT_NONE;
     cx->waiting = MG_WAIT_NONE;
+    cx->fetch = NULL;
     /* The Lua side (lua_fetch.c) reads the outcome from the transfer. */
     mg_coctx_resume(cx, 0);
   }

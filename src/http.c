@@ -11,6 +11,7 @@
  * (bounded), so pipelining works and a client's EOF is still noticed. */
 #include "moongate/http.h"
 #include "moongate/app.h"
+#include "moongate/fetch.h"
 #include "moongate/log.h"
 #include "moongate/worker.h"
 
@@ -109,6 +110,9 @@ static void conn_drop_request(mg_conn *c) {
     lua_pushnil(co);
     lua_pushliteral(co, "closed");
     mg_coctx_resume(req->co, 2);
+  } else if (req->co && req->co->waiting == MG_WAIT_FETCH && req->co->fetch) {
+    /* Waiting on an upstream for a client that left: stop the transfer. */
+    mg_fetch_abort(req->co->fetch);
   }
 }
 

@@ -136,6 +136,7 @@ static int park(lua_State *L, mg_fetch *f, int what) {
   f->waiter = cx;
   f->wait = what;
   cx->waiting = MG_WAIT_FETCH;
+  cx->fetch = f;
   return lua_yield(L, 0);
 }
 

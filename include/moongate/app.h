@@ -33,6 +33,7 @@ typedef struct mg_coctx {
   struct mg_coctx *next_free;
   struct mg_coctx *next_all;
   int detached;             /* a timer run: not pooled, ends by returning */
+  struct mg_fetch *fetch;   /* the transfer it is parked on (MG_WAIT_FETCH) */
   struct mg_ltimer *owner_timer;
 } mg_coctx;
 

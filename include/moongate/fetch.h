@@ -55,6 +55,9 @@ int mg_fetch_start(mg_fetch *f);
 /* Stops a transfer (if running) and frees it, unless Lua still holds it. */
 void mg_fetch_cancel(mg_fetch *f);
 void mg_fetch_free(mg_fetch *f);
+/* Stops a transfer because the client it serves went away; its waiter is
+ * resumed (on the next loop turn) and sees nil, "closed". */
+void mg_fetch_abort(mg_fetch *f);
 /* Lets a paused transfer go on once Lua has read the buffer down. */
 void mg_fetch_consumed(mg_fetch *f);
 /* "connect", "timeout", "reset", "tls", "dns" or "error" for a result. */

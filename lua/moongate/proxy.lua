@@ -213,6 +213,11 @@ function relay(r, up, t, h, status, out, on_chunk)
   while true do
     local chunk, kind, msg = upstream.read_chunk(h)
     if chunk == false then break end
+    if chunk == nil and kind == "closed" then      -- the client left while we waited
+      r.ctx.client_aborted = true
+      r:log_field("client_aborted", true)
+      return
+    end
     if chunk == nil then
       core.log("warn", string.format("upstream %s: %s broke off mid-body: %s (%s)",
                up.name, t.url, kind, msg or ""),

@@ -33,9 +33,9 @@ TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 class Upstream:
     """One upstream_server.py process."""
 
-    def __init__(self, tmp, port=0):
+    def __init__(self, tmp, port=0, args=()):
         self.log = open(pathlib.Path(tmp) / ("upstream-%d.err" % time.monotonic_ns()), "wb")
-        self.proc = subprocess.Popen([PYTHON, str(SERVER), "--port", str(port)],
+        self.proc = subprocess.Popen([PYTHON, str(SERVER), "--port", str(port), *args],
                                      stdout=subprocess.PIPE, stderr=self.log,
                                      stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
@@ -72,8 +72,8 @@ def upstream(tmp_path):
     """A factory: upstream(port=0) -> Upstream (started, stopped at teardown)."""
     started = []
 
-    def start(port=0):
-        u = Upstream(tmp_path, port)
+    def start(port=0, args=()):
+        u = Upstream(tmp_path, port, args)
         started.append(u)
         return u
 

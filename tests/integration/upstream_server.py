@@ -227,8 +227,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--cert", help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--key", help="the certificate's private key (PEM)")
     a = ap.parse_args()
     srv = Server((a.host, a.port), Handler)
+    if a.cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.cert, a.key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     print("READY %d" % srv.server_address[1], flush=True)
     try:
         srv.serve_forever(poll_interval=0.05)
