@@ -360,6 +360,7 @@ int mg_luaopen_core(lua_State *L) {
   lua_pushliteral(L, MG_VERSION);
   lua_setfield(L, -2, "version");
   mg_lua_open_fetch(L);
+  mg_lua_open_shdict(L);
   return 1;
 }
 

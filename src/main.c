@@ -5,6 +5,7 @@
  * port already in use is a start-up error and reloads never touch it. */
 #include "moongate/app.h"
 #include "moongate/log.h"
+#include "moongate/shdict.h"
 #include "moongate/lua_api.h"
 #include "moongate/worker.h"
 
@@ -284,6 +285,7 @@ int main(int argc, char **argv) {
   free(workers);
   uv_sem_destroy(&ready);
   uv_loop_close(loop);
+  mg_shdict_free_all();
   if (failed) {
     fprintf(stderr, "moongate: start-up failed (see the errors above)\n");
     return 1;

@@ -10,6 +10,8 @@ struct lua_State;
 int mg_luaopen_core(struct lua_State *L);
 /* Adds core.fetch and the fetch handle type (lua_fetch.c). */
 void mg_lua_open_fetch(struct lua_State *L);
+/* Adds core.shdict and the shared dictionary type (lua_shdict.c). */
+void mg_lua_open_shdict(struct lua_State *L);
 /* Creates a Lua state with the standard libraries, cjson and moongate.core
  * preloaded, and package.path set to home/lua and config_dir. */
 struct lua_State *mg_lua_newstate(const char *home, const char *config_dir);

@@ -38,6 +38,7 @@ local top_schema = {
   policies = { type = "table" },
   routes = { type = "table", required = true },
   upstreams = { type = "table" },
+  shared = { type = "table" },
 }
 
 local limits_schema = {
@@ -284,6 +285,22 @@ function M.load(path, overrides)
       ctx.policy_dirs[#ctx.policy_dirs + 1] = join(dir, p)
     end
     ctx.policy_dirs[#ctx.policy_dirs + 1] = (overrides.home or ".") .. "/policies"
+
+    -- Shared dictionaries first: handlers and policies may take theirs at load.
+    local shared = require "moongate.shared"
+    for name, size in pairs(top.shared or {}) do
+      local where = "shared." .. tostring(name)
+      if type(name) ~= "string" or not name:match("^[%a_][%w_]*$") then
+        fail("shared: names must be identifiers, got %s", tostring(name))
+      end
+      local ok, v = pcall(schema.check, { size = { type = "size", min = 8192 } }, { size = size }, "")
+      if not ok then fail("%s: expected a size of at least 8k like \"16m\", got %s", where, tostring(size)) end
+      local dict, cap = core.shdict(name, v.size)
+      if cap ~= v.size then
+        core.log("warn", string.format("%s: keeps its capacity of %d bytes until a restart", where, cap))
+      end
+      shared[name] = dict
+    end
 
     ctx.upstreams = {}
     local pool = 0

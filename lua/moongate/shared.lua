@@ -1,0 +1,11 @@
+-- The shared dictionaries the config declares, by name:
+--
+--   shared = { cache = "16m", counters = "1m" },      -- in the config
+--
+--   local shared = require "moongate.shared"
+--   shared.cache:set("k", "v", 60)                    -- ttl in seconds
+--   local n = shared.counters:incr("hits:" .. ip, 1, 0, 60)
+--
+-- Every worker sees the same contents; a reload keeps them. Methods: get,
+-- set, add, incr, delete, ttl, count (see src/lua_shdict.c for the shapes).
+return {}
