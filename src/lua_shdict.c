@@ -14,11 +14,9 @@
 
 #include <lua.h>
 #include <lauxlib.h>
+#include <stdlib.h>
 
 #define SHDICT_MT "moongate.shdict"
-
-static __thread char *get_buf;
-static __thread size_t get_cap;
 
 static mg_shdict *check_dict(lua_State *L) {
   return *(mg_shdict **)luaL_checkudata(L, 1, SHDICT_MT);
@@ -45,12 +43,15 @@ static int l_get(lua_State *L) {
   size_t klen;
   const char *key = luaL_checklstring(L, 2, &klen);
   mg_shvalue v;
-  if (!mg_shdict_get(d, key, klen, &v, &get_buf, &get_cap)) return 0;
+  char *buf = NULL;                 /* string values are copied out under the lock */
+  size_t cap = 0;
+  if (!mg_shdict_get(d, key, klen, &v, &buf, &cap)) return 0;
   switch (v.type) {
     case MG_SHV_NUMBER: lua_pushnumber(L, v.number); break;
     case MG_SHV_BOOLEAN: lua_pushboolean(L, v.number != 0); break;
     default: lua_pushlstring(L, v.str, v.len);
   }
+  free(buf);
   return 1;
 }
 
