@@ -120,8 +120,7 @@ function methods.fetch(r, target, opts)
     h, kind, msg = core.fetch({ url = base .. pq, method = method, headers = headers, body = body,
                                 timeout = timeout or 60000 })
     if not h then return nil, kind, msg end
-    status, kind, msg = h:head()
-    while status == nil and kind == nil do status, kind, msg = h:head() end
+    status, kind, msg = upstream.wait_head(h)
     if not status then h:close() return nil, kind, msg end
     rh = kind
   end

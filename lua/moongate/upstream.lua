@@ -159,6 +159,19 @@ function M:pick(tried, key)
   return best
 end
 
+-- A handle's head()/read() return nothing when they had to wait: ask again.
+local function wait_head(h)
+  local status, a, b = h:head()
+  while status == nil and a == nil do status, a, b = h:head() end
+  return status, a, b
+end
+
+local function read_chunk(h)
+  local chunk, kind, msg = h:read()
+  while chunk == nil and kind == nil do chunk, kind, msg = h:read() end
+  return chunk, kind, msg
+end
+
 -- Active health checks: a target that does not answer `status` on `path`
 -- is out until a check passes again; one that does is back at once.
 function M:run_checks()
@@ -169,8 +182,7 @@ function M:run_checks()
     local status
     if h then
       local a
-      status, a = h:head()
-      while status == nil and a == nil do status, a = h:head() end
+      status, a = wait_head(h)
       h:close()
       if not status then kind = a end
     end
@@ -211,18 +223,8 @@ function M:failed(t, kind)
   end
 end
 
-local function wait_head(h)
-  local status, a, b = h:head()
-  while status == nil and a == nil do status, a, b = h:head() end
-  return status, a, b
-end
-
-local function read_chunk(h)
-  local chunk, kind, msg = h:read()
-  while chunk == nil and kind == nil do chunk, kind, msg = h:read() end
-  return chunk, kind, msg
-end
 M.read_chunk = read_chunk
+M.wait_head = wait_head
 
 -- Reads a whole body; nil, kind, msg if the transfer broke off.
 local function read_all(h)
