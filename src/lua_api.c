@@ -243,7 +243,7 @@ static int l_stream_write(lua_State *L) {
     lua_pushliteral(L, "closed");
     return 2;
   }
-  if (mg_response_should_wait(req)) {
+  if (mg_response_should_wait(req) && req->co && req->co->co == L) {
     /* Backpressure: park until the client has read enough (write_cb resumes
      * with true, or with nil, "closed" if the client leaves). */
     req->co->waiting = MG_WAIT_DRAIN;
@@ -269,6 +269,15 @@ static int l_response_started(lua_State *L) {
 
 /* ---- sleep ------------------------------------------------------------- */
 
+mg_coctx *mg_waitable(lua_State *L, const char *what) {
+  mg_coctx *cx = lua_getexdata(L);
+  if (!cx || !cx->app->w) luaL_error(L, "%s: not inside a request or timer", what);
+  if (cx->co != L)
+    luaL_error(L, "%s: cannot wait inside a coroutine created by Lua code; "
+               "call it from the handler itself", what);
+  return cx;
+}
+
 static void sleep_done(uv_timer_t *t) {
   mg_coctx *cx = t->data;
   cx->waiting = MG_WAIT_NONE;
@@ -278,8 +287,7 @@ static void sleep_done(uv_timer_t *t) {
 static int l_sleep(lua_State *L) {
   double s = luaL_checknumber(L, 1);
   if (s < 0) luaL_argerror(L, 1, "must not be negative");
-  mg_coctx *cx = lua_getexdata(L);
-  if (!cx || !cx->app->w) luaL_error(L, "sleep: not inside a request or timer");
+  mg_coctx *cx = mg_waitable(L, "sleep");
   if (!cx->timer) {
     cx->timer = mg_xmalloc(sizeof *cx->timer);
     uv_timer_init(&cx->app->w->loop, cx->timer);

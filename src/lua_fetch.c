@@ -14,6 +14,7 @@
  * Error kinds: "connect", "dns", "timeout", "reset", "tls", "error". */
 #include "moongate/app.h"
 #include "moongate/fetch.h"
+#include "moongate/lua_api.h"
 #include "moongate/worker.h"
 
 #include <lua.h>
@@ -43,7 +44,7 @@ static int l_fetch(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   mg_coctx *cx = lua_getexdata(L);
   if (!cx || !cx->app->w) luaL_error(L, "fetch: not inside a request or timer");
-  mg_worker *w = cx->app->w;
+  mg_worker *w = cx->app->w;   /* starting is fine anywhere; waiting is checked in park() */
   lua_getfield(L, 1, "url");
   const char *url = luaL_checkstring(L, -1);
   if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
@@ -130,8 +131,7 @@ static int push_failure(lua_State *L, mg_fetch *f) {
 }
 
 static int park(lua_State *L, mg_fetch *f, int what) {
-  mg_coctx *cx = lua_getexdata(L);
-  if (!cx) luaL_error(L, "fetch: waiting outside a request or timer");
+  mg_coctx *cx = mg_waitable(L, "fetch");
   if (f->waiter && f->waiter != cx) luaL_error(L, "fetch handle is already being waited on");
   f->waiter = cx;
   f->wait = what;

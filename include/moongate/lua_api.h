@@ -15,5 +15,8 @@ void mg_lua_open_shdict(struct lua_State *L);
 /* Creates a Lua state with the standard libraries, cjson and moongate.core
  * preloaded, and package.path set to home/lua and config_dir. */
 struct lua_State *mg_lua_newstate(const char *home, const char *config_dir);
+/* The runtime coroutine that may wait here, or a Lua error: waiting from a
+ * coroutine a handler made itself would hand our yield to its resume. */
+struct mg_coctx *mg_waitable(struct lua_State *L, const char *what);
 
 #endif

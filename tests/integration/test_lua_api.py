@@ -387,3 +387,22 @@ def test_workers_keep_serving_through_errors_and_slow_requests(gateway):
     for _ in range(20):
         assert requests.get(g.url("/fast"), timeout=5).status_code == 200
     assert g.proc.poll() is None
+
+
+def test_waiting_inside_an_own_coroutine_is_a_clear_error(gateway):
+    """A handler's own coroutine.wrap around req:sleep would swallow the
+    runtime's yield; it is refused with a message, and the worker goes on."""
+    g = gateway("""
+    return { listen = "127.0.0.1:8080", routes = {
+      { "GET", "/co", function(req)
+          local f = coroutine.wrap(function() req:sleep(0.01) end)
+          f()
+          return 200, "not reached"
+        end },
+      { "GET", "/ok", function(req) req:sleep(0.01) return 200, "fine" end } } }
+    """)
+    r = requests.get(g.url("/co"))
+    assert r.status_code == 500 and r.json() == {"message": "internal server error"}
+    assert any("cannot wait inside a coroutine created by Lua code" in l["msg"]
+               for l in g.error_log())
+    assert requests.get(g.url("/ok")).text == "fine"
