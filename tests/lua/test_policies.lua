@@ -1,0 +1,63 @@
+-- Specs for stock policies, run with no server: a policy's phases are plain
+-- functions of (conf, req[, res]), so a table stands in for the request.
+local schema = require "moongate.schema"
+
+local home = debug.getinfo(1, "S").source:match("^@(.*)/tests/lua/") or "."
+
+local function policy(name, settings)
+  local mod = dofile(home .. "/policies/" .. name .. ".lua")
+  local conf = schema.check(mod.schema, settings or {}, name)
+  if mod.init then mod.init(conf) end
+  return mod, conf
+end
+
+local function fake_req(method, headers)
+  return { method = method, headers = headers or {}, ctx = {}, id = "req-1" }
+end
+
+test("errors: the message shape, renamed field, status", function()
+  local p, conf = policy("errors", { field = "error", include_status = true })
+  local res = { status = 404, headers = {}, error = "not found" }
+  p.response(conf, fake_req("GET"), res)
+  eq(res.body, { error = "not found", status = 404 })
+end)
+
+test("errors: the OpenAI shape", function()
+  local p, conf = policy("errors", { shape = "openai" })
+  local res = { status = 429, headers = {}, error = "slow down" }
+  p.response(conf, fake_req("GET"), res)
+  eq(res.body, { error = { message = "slow down", type = "rate_limit_exceeded", code = 429 } })
+end)
+
+test("errors: answers that are not errors are left alone", function()
+  local p, conf = policy("errors")
+  local res = { status = 400, headers = {}, body = { custom = true } }
+  p.response(conf, fake_req("GET"), res)
+  eq(res.body, { custom = true })
+end)
+
+test("cors: a preflight from an allowed origin", function()
+  local p, conf = policy("cors", { origins = { "http://localhost:4321" }, max_age = 600 })
+  local st, body, h = p.access(conf, fake_req("OPTIONS", {
+    origin = "http://localhost:4321", ["access-control-request-method"] = "POST",
+    ["access-control-request-headers"] = "content-type" }))
+  eq(st, 204)
+  eq(h["Access-Control-Allow-Origin"], "http://localhost:4321")
+  eq(h["Access-Control-Allow-Headers"], "content-type")
+  eq(h["Access-Control-Max-Age"], "600")
+end)
+
+test("cors: a disallowed origin gets no CORS headers", function()
+  local p, conf = policy("cors", { origins = { "http://localhost:4321" } })
+  local st, _, h = p.access(conf, fake_req("OPTIONS", {
+    origin = "http://evil.example", ["access-control-request-method"] = "POST" }))
+  eq(st, 204)
+  eq(h["Access-Control-Allow-Origin"], nil)
+  local res = { status = 200, headers = {} }
+  p.response(conf, fake_req("GET", { origin = "http://evil.example" }), res)
+  eq(res.headers["Access-Control-Allow-Origin"], nil)
+end)
+
+test("cors: bad settings are refused at load", function()
+  raises(function() policy("cors", { origins = { "localhost" } }) end, "origins[1]")
+end)
