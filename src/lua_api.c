@@ -369,6 +369,7 @@ int mg_luaopen_core(lua_State *L) {
   lua_setfield(L, -2, "version");
   mg_lua_open_fetch(L);
   mg_lua_open_shdict(L);
+  mg_lua_open_redis(L);
   return 1;
 }
 

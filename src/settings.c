@@ -62,6 +62,12 @@ int mg_settings_from_lua(lua_State *L, int idx, mg_settings *s, char *err,
   if (get_number(L, idx, "send_timeout", &v)) s->send_timeout_ms = (uint64_t)v;
   if (get_number(L, idx, "shutdown_timeout", &v)) s->shutdown_timeout_ms = (uint64_t)v;
   if (get_number(L, idx, "upstream_pool", &v)) s->upstream_pool = (int)v;
+  get_string(L, idx, "redis_host", s->redis_host, sizeof s->redis_host);
+  get_string(L, idx, "redis_password", s->redis_password, sizeof s->redis_password);
+  if (get_number(L, idx, "redis_port", &v)) s->redis_port = (int)v;
+  if (get_number(L, idx, "redis_db", &v)) s->redis_db = (int)v;
+  if (get_number(L, idx, "redis_pool", &v)) s->redis_pool = (int)v;
+  if (get_number(L, idx, "redis_timeout", &v)) s->redis_timeout_ms = (uint64_t)v;
   lua_getfield(L, idx, "health_path");
   if (lua_type(L, -1) == LUA_TSTRING) {
     size_t len;

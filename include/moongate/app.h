@@ -37,7 +37,7 @@ typedef struct mg_coctx {
   struct mg_ltimer *owner_timer;
 } mg_coctx;
 
-enum { MG_WAIT_NONE, MG_WAIT_SLEEP, MG_WAIT_DRAIN, MG_WAIT_FETCH };
+enum { MG_WAIT_NONE, MG_WAIT_SLEEP, MG_WAIT_DRAIN, MG_WAIT_FETCH, MG_WAIT_REDIS };
 
 typedef struct {
   char *name;
@@ -60,6 +60,7 @@ typedef struct mg_app {
   int retired;              /* replaced by a newer generation */
   struct mg_app *next_retired;
   struct mg_ltimer *timers;  /* core.timer timers of this generation */
+  struct mg_redis *redis;    /* its Redis connections (redis.c), on first use */
 } mg_app;
 
 /* Loads and validates a generation. Returns NULL and a message naming the
@@ -73,6 +74,10 @@ void mg_app_dispatch(mg_app *app, mg_request *req);
 void mg_coctx_resume(mg_coctx *cx, int nargs);
 /* A coroutine for background work (timers), outside the request pool. */
 mg_coctx *mg_coctx_new_detached(mg_app *app);
+
+/* redis.c */
+void mg_redis_free(struct mg_redis *pool);
+void mg_lua_open_redis(struct lua_State *L);
 
 /* lua_timer.c */
 void mg_lua_open_timer(struct lua_State *L, mg_app *app);

@@ -23,6 +23,10 @@ typedef struct {
   char health_path[256];       /* "" disables the built-in health check */
   int access_log;
   int upstream_pool;           /* idle upstream connections kept per worker */
+  char redis_host[256];        /* "" = no Redis configured */
+  int redis_port, redis_db, redis_pool;
+  char redis_password[256];
+  uint64_t redis_timeout_ms;
 } mg_settings;
 
 /* Hard ceiling on the head size whatever the config says. */

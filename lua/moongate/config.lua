@@ -39,7 +39,32 @@ local top_schema = {
   routes = { type = "table", required = true },
   upstreams = { type = "table" },
   shared = { type = "table" },
+  redis = { type = "table" },
 }
+
+local redis_schema = {
+  url = { type = "string", required = true },
+  pool = { type = "integer", default = 4, min = 1, max = 64 },
+  timeout = { type = "duration", default = "2s", min = 1 },
+}
+
+-- redis://[[user]:password@]host[:port][/db]
+local function parse_redis_url(url)
+  local rest = url:match("^redis://(.*)$")
+  if not rest then return nil, 'must start with "redis://"' end
+  local auth, hostpart = rest:match("^(.*)@([^@]*)$")
+  hostpart = hostpart or rest
+  local password = auth and (auth:match("^[^:]*:(.*)$") or auth) or ""
+  local hostport, db = hostpart:match("^([^/]*)/?(%d*)$")
+  if not hostport then return nil, "bad host or database number" end
+  local host, port = hostport:match("^%[(.+)%]:?(%d*)$")
+  if not host then host, port = hostport:match("^([^:]*):?(%d*)$") end
+  if not host or host == "" then return nil, "missing host" end
+  port = tonumber(port) or 6379
+  if port < 1 or port > 65535 then return nil, "port out of range" end
+  if host == "localhost" then host = "127.0.0.1" end
+  return { host = host, port = port, password = password, db = tonumber(db) or 0 }
+end
 
 local limits_schema = {
   headers = { type = "size", default = "32k", min = 1024, max = 65536 },
@@ -285,6 +310,15 @@ function M.load(path, overrides)
       ctx.policy_dirs[#ctx.policy_dirs + 1] = join(dir, p)
     end
     ctx.policy_dirs[#ctx.policy_dirs + 1] = (overrides.home or ".") .. "/policies"
+
+    if top.redis then
+      local rc = schema.check(redis_schema, top.redis, "redis.")
+      local u, err = parse_redis_url(rc.url)
+      if not u then fail("redis.url: %s (got %q)", err, rc.url) end
+      settings.redis_host, settings.redis_port = u.host, u.port
+      settings.redis_password, settings.redis_db = u.password, u.db
+      settings.redis_pool, settings.redis_timeout = rc.pool, rc.timeout
+    end
 
     -- Shared dictionaries first: handlers and policies may take theirs at load.
     local shared = require "moongate.shared"
