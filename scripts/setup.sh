@@ -23,7 +23,7 @@ pkgs="build-essential cmake pkg-config libuv1-dev libcurl4-openssl-dev libpq-dev
       libhiredis-dev libluajit2-5.1-dev lua-cjson lua-cjson-dev node-llhttp"
 if [ "$want_test" = 1 ]; then
   pkgs="$pkgs libcmocka-dev python3 python3-pytest python3-pytest-timeout python3-requests curl
-        redis-server openssl"
+        redis-server openssl postgresql-15 postgresql-client-15"
 fi
 
 missing=""

@@ -112,8 +112,10 @@ static void timer_close_cb(uv_handle_t *h) { free(h); }
 void mg_app_free(mg_app *app) {
   if (!app) return;
   mg_timers_stop(app);
-  mg_redis_free(app->redis);           /* before the coroutines it points to */
+  mg_redis_free(app->redis);           /* before the coroutines they point to */
   app->redis = NULL;
+  mg_pg_free(app->pg);
+  app->pg = NULL;
   mg_coctx *cx = app->all_co;
   while (cx) {
     mg_coctx *next = cx->next_all;

@@ -370,6 +370,7 @@ int mg_luaopen_core(lua_State *L) {
   mg_lua_open_fetch(L);
   mg_lua_open_shdict(L);
   mg_lua_open_redis(L);
+  mg_lua_open_pg(L);
   return 1;
 }
 

@@ -68,6 +68,10 @@ int mg_settings_from_lua(lua_State *L, int idx, mg_settings *s, char *err,
   if (get_number(L, idx, "redis_db", &v)) s->redis_db = (int)v;
   if (get_number(L, idx, "redis_pool", &v)) s->redis_pool = (int)v;
   if (get_number(L, idx, "redis_timeout", &v)) s->redis_timeout_ms = (uint64_t)v;
+  get_string(L, idx, "pg_dsn", s->pg_dsn, sizeof s->pg_dsn);
+  if (get_number(L, idx, "pg_pool", &v)) s->pg_pool = (int)v;
+  if (get_number(L, idx, "pg_timeout", &v)) s->pg_timeout_ms = (uint64_t)v;
+  if (get_number(L, idx, "pg_wait", &v)) s->pg_wait_ms = (uint64_t)v;
   lua_getfield(L, idx, "health_path");
   if (lua_type(L, -1) == LUA_TSTRING) {
     size_t len;

@@ -37,7 +37,8 @@ typedef struct mg_coctx {
   struct mg_ltimer *owner_timer;
 } mg_coctx;
 
-enum { MG_WAIT_NONE, MG_WAIT_SLEEP, MG_WAIT_DRAIN, MG_WAIT_FETCH, MG_WAIT_REDIS };
+enum { MG_WAIT_NONE, MG_WAIT_SLEEP, MG_WAIT_DRAIN, MG_WAIT_FETCH, MG_WAIT_REDIS,
+       MG_WAIT_PG };
 
 typedef struct {
   char *name;
@@ -61,6 +62,7 @@ typedef struct mg_app {
   struct mg_app *next_retired;
   struct mg_ltimer *timers;  /* core.timer timers of this generation */
   struct mg_redis *redis;    /* its Redis connections (redis.c), on first use */
+  struct mg_pg *pg;          /* its PostgreSQL connections (pg.c), on first use */
 } mg_app;
 
 /* Loads and validates a generation. Returns NULL and a message naming the
@@ -78,6 +80,10 @@ mg_coctx *mg_coctx_new_detached(mg_app *app);
 /* redis.c */
 void mg_redis_free(struct mg_redis *pool);
 void mg_lua_open_redis(struct lua_State *L);
+
+/* pg.c */
+void mg_pg_free(struct mg_pg *pool);
+void mg_lua_open_pg(struct lua_State *L);
 
 /* lua_timer.c */
 void mg_lua_open_timer(struct lua_State *L, mg_app *app);

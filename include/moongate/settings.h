@@ -27,6 +27,9 @@ typedef struct {
   int redis_port, redis_db, redis_pool;
   char redis_password[256];
   uint64_t redis_timeout_ms;
+  char pg_dsn[1024];           /* "" = no database configured */
+  int pg_pool;
+  uint64_t pg_timeout_ms, pg_wait_ms;
 } mg_settings;
 
 /* Hard ceiling on the head size whatever the config says. */

@@ -40,6 +40,14 @@ local top_schema = {
   upstreams = { type = "table" },
   shared = { type = "table" },
   redis = { type = "table" },
+  postgres = { type = "table" },
+}
+
+local postgres_schema = {
+  dsn = { type = "string", required = true },
+  pool = { type = "integer", default = 4, min = 1, max = 64 },
+  timeout = { type = "duration", default = "30s", min = 1 },
+  wait_timeout = { type = "duration", default = "5s", min = 1 },
 }
 
 local redis_schema = {
@@ -318,6 +326,13 @@ function M.load(path, overrides)
       settings.redis_host, settings.redis_port = u.host, u.port
       settings.redis_password, settings.redis_db = u.password, u.db
       settings.redis_pool, settings.redis_timeout = rc.pool, rc.timeout
+    end
+
+    if top.postgres then
+      local pc = schema.check(postgres_schema, top.postgres, "postgres.")
+      if #pc.dsn >= 1024 then fail("postgres.dsn: longer than 1023 characters") end
+      settings.pg_dsn, settings.pg_pool = pc.dsn, pc.pool
+      settings.pg_timeout, settings.pg_wait = pc.timeout, pc.wait_timeout
     end
 
     -- Shared dictionaries first: handlers and policies may take theirs at load.
