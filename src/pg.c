@@ -189,9 +189,9 @@ static void poll_cb(uv_poll_t *p, int status, int events) {
     if (ps == PGRES_POLLING_WRITING) { watch(c, UV_WRITABLE); return; }
     if (ps == PGRES_POLLING_FAILED) {
       char msg[512];
-      snprintf(msg, sizeof msg, "%s", PQerrorMessage(c->pg));
+      snprintf(msg, sizeof msg, "database unavailable: %s", PQerrorMessage(c->pg));
       for (char *q = msg; *q; q++) if (*q == '\n') *q = ' ';
-      fail_waiter(c, msg, NULL);
+      fail_waiter(c, msg, "08001");
       drop(c, msg);
       dispatch_queue(c->pool);
       return;

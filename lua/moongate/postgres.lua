@@ -15,7 +15,7 @@
 -- pg.null). Results are converted by column type: integers and floats to
 -- numbers, bool to booleans, json/jsonb decoded, NULL as pg.null, the rest
 -- as strings. Failures return nil, message, SQLSTATE: "timeout" (57014),
--- "database unavailable" (08001, answered at once while the server is down;
+-- "database unavailable..." (08001, answered at once while the server is down;
 -- connections are reopened on their own), "timeout waiting for a database
 -- connection" when the pool stays busy longer than wait_timeout.
 local core = require "moongate.core"
@@ -61,6 +61,7 @@ function M.query(sql, ...)
 end
 
 local in_transaction = setmetatable({}, { __mode = "k" })
+local QueryError = {}             -- marks errors raised by tx.query
 
 -- Runs fn(tx) on one pinned connection inside BEGIN ... COMMIT.
 function M.transaction(fn)
@@ -74,7 +75,7 @@ function M.transaction(fn)
   local tx = {
     query = function(sql, ...)
       local res, e, s = run(sql, { ... }, conn)
-      if not res then error({ message = e, sqlstate = s }, 2) end
+      if not res then error(setmetatable({ message = e, sqlstate = s }, QueryError), 2) end
       return convert(res)
     end,
   }
@@ -88,7 +89,7 @@ function M.transaction(fn)
   end
   run("ROLLBACK", {}, conn)
   core.pg_unpin(conn)
-  if type(result) == "table" and result.message then
+  if getmetatable(result) == QueryError then
     error(string.format("%s (SQLSTATE %s)", result.message, tostring(result.sqlstate)), 2)
   end
   error(result, 2)

@@ -1,0 +1,112 @@
+-- Helpers shared by the aiproxy handlers: JSON envelope answers (with real
+-- empty arrays, which cjson cannot express), input checks, database errors.
+local cjson = require "cjson.safe"
+local core = require "moongate.core"
+
+local M = {}
+
+local EMPTY = "\0aiproxy:empty-array\0"   -- never valid in a name (NUL is refused)
+M.EMPTY_ARRAY = EMPTY
+local EMPTY_PATTERN = cjson.encode(EMPTY):gsub("%p", "%%%0")
+
+-- Marks t as a JSON array (an empty one would otherwise encode as {}).
+function M.array(t)
+  if t == nil or next(t) == nil then return EMPTY end
+  return t
+end
+
+local function encode(v)
+  local s = assert(cjson.encode(v))
+  return (s:gsub(EMPTY_PATTERN, "[]"))
+end
+
+local JSON = { ["Content-Type"] = "application/json" }
+
+function M.ok(data, status)
+  return status or 200, encode({ success = true, message = "", data = data == nil and cjson.null or data }), JSON
+end
+
+function M.fail(status, fmt, ...)
+  local msg = select("#", ...) > 0 and string.format(fmt, ...) or fmt
+  return status, { success = false, message = msg }
+end
+
+function M.now_ms()
+  return math.floor(core.now() * 1000)
+end
+
+-- The request body as a JSON object, whatever the Content-Type says.
+-- Returns the table, or nil and a message.
+function M.body_object(req, optional)
+  local raw = req:body() or ""
+  if raw:match("^%s*$") then
+    if optional then return {} end
+    return nil, "request body must be a JSON object"
+  end
+  local v = cjson.decode(raw)
+  if type(v) ~= "table" or (next(v) ~= nil and v[1] ~= nil) then
+    return nil, "request body must be a JSON object"
+  end
+  return v
+end
+
+function M.is_null(v) return v == nil or v == cjson.null end
+
+-- A database failure -> the answer. Connection problems are 503.
+function M.db_fail(err, state)
+  core.log("error", "aiproxy: database error: " .. tostring(err) .. " (SQLSTATE " .. tostring(state) .. ")")
+  if state == "internal" then return M.fail(500, "internal error: the change was rolled back") end
+  if state == nil or state == "" or tostring(state):match("^08") or tostring(state):match("^57")
+     or tostring(state):match("^53") or (err and (tostring(err):find("unavailable") or tostring(err):find("timeout"))) then
+    return M.fail(503, "database unavailable")
+  end
+  return M.fail(500, "database error")
+end
+
+-- page/per_page from the query string: page >= 1, 1 <= per_page <= 100
+-- (larger values are capped). Returns page, per_page or nil, message.
+function M.pagination(req)
+  local function int(name, default)
+    local v = req.query[name]
+    if v == nil or v == "" then return default end
+    if type(v) ~= "string" or not v:match("^%d+$") or #v > 9 then return nil end
+    return tonumber(v)
+  end
+  local page = int("page", 1)
+  if not page or page < 1 then return nil, "page must be a positive integer" end
+  local per = int("per_page", 10)
+  if not per or per < 1 then return nil, "per_page must be a positive integer" end
+  if per > 100 then per = 100 end
+  return page, per
+end
+
+-- Aborts a transaction with an answer: M.abort(404, "group %q not found", id)
+function M.abort(status, fmt, ...)
+  error({ aiproxy_abort = true, status = status, text = string.format(fmt, ...) }, 0)   -- not "message": pg.transaction would stringify it
+end
+
+-- pg.transaction with every failure as a return value:
+--   true, result                        committed
+--   nil, message, sqlstate              a database failure (rolled back)
+--   nil, abort_table                    M.abort() was called (rolled back)
+function M.tx(fn)
+  local pg = require "moongate.postgres"
+  local ok, a, b, c = pcall(pg.transaction, fn)
+  if ok then
+    if a == nil then return nil, b, c end      -- BEGIN or COMMIT failed
+    return true, a
+  end
+  if type(a) == "table" and a.aiproxy_abort then return nil, a end
+  local msg = tostring(a)
+  local st = msg:match("%(SQLSTATE (%w+)%)$")
+  if st == "nil" then st = nil end
+  return nil, msg, st or "internal"
+end
+
+-- The answer for a failed M.tx.
+function M.tx_fail(err, state)
+  if type(err) == "table" then return M.fail(err.status, err.text) end
+  return M.db_fail(err, state)
+end
+
+return M
