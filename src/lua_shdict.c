@@ -6,6 +6,7 @@
  *   d:set(key, value [, ttl])       -> true | nil, "too large"   (value nil deletes)
  *   d:add(key, value [, ttl])       -> true | nil, "exists" | nil, "too large"
  *   d:incr(key, delta [, init [, ttl]]) -> new value | nil, "not found" | nil, "not a number"
+ *   d:cas(key, old, new [, ttl])    -> true | nil, "changed"   (numbers; old nil = absent)
  *   d:delete(key)                   -> true
  *   d:ttl(key)                      -> seconds left | -1 (no expiry) | nil (absent)
  *   d:count()                       -> number of live entries (expired ones may count)
@@ -86,6 +87,20 @@ static int l_incr(lua_State *L) {
   return 2;
 }
 
+static int l_cas(lua_State *L) {
+  mg_shdict *d = check_dict(L);
+  size_t klen;
+  const char *key = luaL_checklstring(L, 2, &klen);
+  int has_expected = !lua_isnil(L, 3);
+  double expected = has_expected ? luaL_checknumber(L, 3) : 0;
+  double value = luaL_checknumber(L, 4);
+  int rc = mg_shdict_cas(d, key, klen, has_expected, expected, value, opt_ttl(L, 5));
+  if (rc == 0) { lua_pushboolean(L, 1); return 1; }
+  lua_pushnil(L);
+  lua_pushstring(L, rc == -2 ? "changed" : "too large");
+  return 2;
+}
+
 static int l_delete(lua_State *L) {
   mg_shdict *d = check_dict(L);
   size_t klen;
@@ -126,7 +141,7 @@ static int l_open(lua_State *L) {
 void mg_lua_open_shdict(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"get", l_get}, {"set", l_set}, {"add", l_add}, {"incr", l_incr},
-    {"delete", l_delete}, {"ttl", l_ttl}, {"count", l_count}, {NULL, NULL}};
+    {"delete", l_delete}, {"cas", l_cas}, {"ttl", l_ttl}, {"count", l_count}, {NULL, NULL}};
   luaL_newmetatable(L, SHDICT_MT);
   lua_newtable(L);
   luaL_register(L, NULL, methods);

@@ -216,6 +216,25 @@ int mg_shdict_incr(mg_shdict *d, const char *key, size_t klen, double delta,
   return rc;
 }
 
+int mg_shdict_cas(mg_shdict *d, const char *key, size_t klen, int has_expected,
+                  double expected, double value, uint64_t ttl_ms) {
+  uint32_t h = hash_key(key, klen);
+  pthread_mutex_lock(&d->lock);
+  entry *e = *lookup(d, key, klen, h);
+  int match = has_expected ? (e && e->type == MG_SHV_NUMBER && e->number == expected) : !e;
+  if (match && e) {                        /* same size: update in place */
+    e->number = value;
+    e->expires = ttl_ms ? mg_now_ms() + ttl_ms : 0;
+    lru_unlink(d, e);
+    lru_push_front(d, e);
+  }
+  pthread_mutex_unlock(&d->lock);
+  if (!match) return -2;
+  if (e) return 0;
+  mg_shvalue v = {MG_SHV_NUMBER, value, NULL, 0};
+  return mg_shdict_set(d, key, klen, &v, ttl_ms, 1);   /* -2 if someone got there first */
+}
+
 int mg_shdict_delete(mg_shdict *d, const char *key, size_t klen) {
   mg_shvalue none = {MG_SHV_NONE, 0, NULL, 0};
   return mg_shdict_set(d, key, klen, &none, 0, 0);

@@ -44,6 +44,10 @@ int mg_shdict_set(mg_shdict *d, const char *key, size_t klen, const mg_shvalue *
 int mg_shdict_incr(mg_shdict *d, const char *key, size_t klen, double delta,
                    int has_init, double init, uint64_t ttl_ms, double *result);
 int mg_shdict_delete(mg_shdict *d, const char *key, size_t klen);
+/* Compare-and-set on a number: sets `value` only if the key holds `expected`
+ * (or is absent and has_expected is 0). 0 done, -2 the value differed. */
+int mg_shdict_cas(mg_shdict *d, const char *key, size_t klen, int has_expected,
+                  double expected, double value, uint64_t ttl_ms);
 /* Remaining time to live in ms: -1 no expiry, -2 absent. */
 int64_t mg_shdict_ttl(mg_shdict *d, const char *key, size_t klen);
 size_t mg_shdict_count(mg_shdict *d);
