@@ -151,7 +151,9 @@ function methods.proxy(r, name, opts)
   set["x-forwarded-host"] = incoming.host
   set["x-request-id"] = r.id
   set["traceparent"] = traceparent(r)
-  for k, v in pairs(rawget(r, "upstream_headers") or {}) do set[k:lower()] = v end
+  -- req.upstream_headers: a value sets a header, false removes one (key-auth
+  -- hides the client's credentials this way).
+  for k, v in pairs(rawget(r, "upstream_headers") or {}) do set[k:lower()] = v or nil end
   for k, v in pairs(opts.headers or {}) do set[k:lower()] = v end
   local lines = header_lines(set)
 
