@@ -61,3 +61,15 @@ end)
 test("cors: bad settings are refused at load", function()
   raises(function() policy("cors", { origins = { "localhost" } }) end, "origins[1]")
 end)
+
+test("admin-key: plain or Bearer, wrong or missing refused", function()
+  local p, conf = policy("admin-key", { env = "MOONGATE_TEST_ADMIN_KEY_UNSET" })
+  conf.key = "s3cret"                       -- as if the variable held it
+  eq(p.access(conf, fake_req("GET", { authorization = "s3cret" })), nil)
+  eq(p.access(conf, fake_req("GET", { authorization = "Bearer s3cret" })), nil)
+  eq(p.access(conf, fake_req("GET", { authorization = "Bearer s3cre" })), 401)
+  eq(p.access(conf, fake_req("GET", { authorization = "s3cret!" })), 401)
+  eq(p.access(conf, fake_req("GET", {})), 401)
+  conf.key = ""                             -- unset variable: nothing gets in
+  eq(p.access(conf, fake_req("GET", { authorization = "" })), 401)
+end)

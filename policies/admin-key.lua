@@ -1,7 +1,8 @@
--- admin-key: the aiproxy admin API key, from an environment variable.
--- Accepts `Authorization: <key>` and `Authorization: Bearer <key>`; compares
--- in constant time (every byte of the longer string is looked at, no early
--- exit). Missing or wrong key -> 401.
+-- admin-key: one operator key, from an environment variable (the AI proxy's
+-- admin rule). Accepts `Authorization: <key>` and `Authorization: Bearer <key>`;
+-- compares in constant time (every byte of the longer string is looked at, no
+-- early exit). Missing or wrong key -> 401. An unset or empty variable refuses
+-- every request.
 --   policies = { { "admin-key", env = "ADMIN_KEY" } }
 local bit = require "bit"
 local bxor, bor, byte = bit.bxor, bit.bor, string.byte
