@@ -73,3 +73,37 @@ test("admin-key: plain or Bearer, wrong or missing refused", function()
   conf.key = ""                             -- unset variable: nothing gets in
   eq(p.access(conf, fake_req("GET", { authorization = "" })), 401)
 end)
+
+local function ipreq(addr, xff)
+  local r = fake_req("GET", { ["x-forwarded-for"] = xff })
+  r.remote_addr = addr
+  return r
+end
+
+test("ip-restriction: IPv4 and IPv6 CIDRs, deny before allow", function()
+  local p, conf = policy("ip-restriction", { allow = { "10.0.0.0/8", "2001:db8::/32", "127.0.0.1" },
+                                             deny = { "10.1.0.0/16" } })
+  eq(p.access(conf, ipreq("10.2.3.4")), nil)
+  eq(p.access(conf, ipreq("10.1.3.4")), 403)
+  eq(p.access(conf, ipreq("11.0.0.1")), 403)
+  eq(p.access(conf, ipreq("127.0.0.1")), nil)
+  eq(p.access(conf, ipreq("127.0.0.2")), 403)
+  eq(p.access(conf, ipreq("2001:db8:0:1::5")), nil)
+  eq(p.access(conf, ipreq("2001:db9::5")), 403)
+  eq(p.access(conf, ipreq("::ffff:10.2.3.4")), nil)      -- v4-mapped is the v4 address
+  eq(p.access(conf, ipreq("not-an-ip")), 403)
+end)
+
+test("ip-restriction: X-Forwarded-For only from trusted proxies", function()
+  local p, conf = policy("ip-restriction", { allow = { "192.0.2.0/24" }, trusted_proxies = { "127.0.0.1", "10.0.0.0/8" } })
+  eq(p.access(conf, ipreq("127.0.0.1", "192.0.2.7")), nil)
+  eq(p.access(conf, ipreq("127.0.0.1", "192.0.2.7, 10.0.0.5")), nil)   -- skips trusted hops
+  eq(p.access(conf, ipreq("127.0.0.1", "203.0.113.9")), 403)
+  eq(p.access(conf, ipreq("198.51.100.1", "192.0.2.7")), 403)          -- untrusted peer: header ignored
+end)
+
+test("ip-restriction: bad settings name the entry", function()
+  raises(function() policy("ip-restriction", { allow = { "10.0.0.0/33" } }) end, "allow[1]")
+  raises(function() policy("ip-restriction", { deny = { "1.2.3" } }) end, "deny[1]")
+  raises(function() policy("ip-restriction", {}) end, "give allow, deny or both")
+end)
