@@ -107,3 +107,31 @@ test("ip-restriction: bad settings name the entry", function()
   raises(function() policy("ip-restriction", { deny = { "1.2.3" } }) end, "deny[1]")
   raises(function() policy("ip-restriction", {}) end, "give allow, deny or both")
 end)
+
+local function body_req(body)
+  local r = fake_req("POST")
+  local cjson = require "cjson.safe"
+  r.body = function() return body end
+  r.json = function() return cjson.decode(body) end
+  return r
+end
+
+test("request-validation: required fields, types and bounds name the field", function()
+  local p, conf = policy("request-validation", { required = { "model" },
+    fields = { model = { type = "string", min_len = 1, max_len = 8 },
+               temperature = { type = "number", min = 0, max = 2 }, messages = { type = "array" } } })
+  eq(p.access(conf, body_req('{"model":"gpt","messages":[]}')), nil)
+  eq({ p.access(conf, body_req('{"messages":[]}')) }, { 400, "field model is required" })
+  eq({ p.access(conf, body_req('{"model":7}')) }, { 400, "field model must be a string" })
+  eq({ p.access(conf, body_req('{"model":"averylongname"}')) }, { 400, "field model must have at most 8 characters" })
+  eq({ p.access(conf, body_req('{"model":"m","temperature":3}')) }, { 400, "field temperature must be at most 2" })
+  eq({ p.access(conf, body_req('not json')) }, { 400, "request body must be a JSON object" })
+  eq({ p.access(conf, body_req('[1,2]')) }, { 400, "request body must be a JSON object" })
+end)
+
+test("request-validation: size limit and bad settings", function()
+  local p, conf = policy("request-validation", { max_body = "10" })
+  eq(p.access(conf, body_req("0123456789")), nil)
+  eq({ p.access(conf, body_req("0123456789A")) }, { 413, "request body too large" })
+  raises(function() policy("request-validation", { fields = { x = { type = "date" } } }) end, "fields.x.type")
+end)
