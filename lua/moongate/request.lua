@@ -11,6 +11,7 @@
 -- Methods:
 --   req:header(name)     same as req.headers[name]
 --   req:all_headers()    a plain table, lower-case names
+--   req:set_header(name, value|nil), req:set_body(string)   rewrite the request
 --   req:body()           the raw body ("" when none)
 --   req:json()           the decoded JSON body, or nil, err
 --   req:stream(status, headers)  start a chunked response; then
@@ -30,6 +31,11 @@ local hooks = {}
 local HeadersMT = {
   __index = function(t, name)
     local r = rawget(t, 1)
+    local o = rawget(r, "_hdr_set")
+    if o then
+      local v = o[name:lower()]
+      if v ~= nil then return v or nil end       -- false: removed
+    end
     return req_header(r._cx, r._sn, name)
   end,
   __newindex = function() error("req.headers is read-only; use req.upstream_headers", 2) end,
@@ -78,8 +84,28 @@ Request.__index = function(r, k)
   return nil
 end
 
-function methods.header(r, name) return req_header(r._cx, r._sn, name) end
-function methods.all_headers(r) return req_headers(r._cx, r._sn) end
+function methods.header(r, name) return r.headers[name] end
+function methods.all_headers(r)
+  local t = req_headers(r._cx, r._sn)
+  for k, v in pairs(rawget(r, "_hdr_set") or {}) do t[k] = v or nil end
+  return t
+end
+
+-- Rewrites as later policies, the handler and req:proxy() see them:
+-- set_header(name, nil) removes a header; set_body replaces the body.
+function methods.set_header(r, name, value)
+  if type(name) ~= "string" then error("set_header: name must be a string", 2) end
+  if value ~= nil and type(value) ~= "string" then value = tostring(value) end
+  local o = rawget(r, "_hdr_set")
+  if not o then o = {}; r._hdr_set = o end
+  o[name:lower()] = value or false
+end
+
+function methods.set_body(r, body)
+  if type(body) ~= "string" then error("set_body: body must be a string", 2) end
+  r._body = body
+  r._json = nil
+end
 
 function methods.body(r)
   local b = rawget(r, "_body")
