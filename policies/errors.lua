@@ -8,23 +8,56 @@
 --
 --   shape = "message"   {"message": "..."}                       (default)
 --   shape = "openai"    {"error": {"message", "type", "code"}}
+--   shape = "template"  the `template` table, where the strings "$message"
+--                       and "$status" are replaced (at any depth):
+--                       template = { ok = false, error = { text = "$message", code = "$status" } }
 --   field = "error"     rename the message field of the "message" shape
 --   include_status = true   add "status": <code> to the "message" shape
+--   upstream = "pass"   error answers relayed from an upstream keep their body;
+--              "replace" gives them this shape too (message from the status)
 --
 --   policies = { { "errors", shape = "openai" } }
+local runtime_messages = {
+  [400] = "bad request", [401] = "unauthorized", [403] = "forbidden", [404] = "not found",
+  [429] = "too many requests", [500] = "internal server error", [502] = "bad gateway",
+  [503] = "service unavailable", [504] = "gateway timeout",
+}
+
 local openai_types = {
   [400] = "invalid_request_error", [401] = "invalid_request_error",
   [403] = "invalid_request_error", [404] = "invalid_request_error",
   [413] = "invalid_request_error", [429] = "rate_limit_exceeded",
 }
 
+local function fill(t, msg, status)
+  if type(t) == "string" then
+    if t == "$status" then return status end
+    return (t:gsub("%$message", function() return msg end):gsub("%$status", tostring(status)))
+  end
+  if type(t) ~= "table" then return t end
+  local out = {}
+  for k, v in pairs(t) do out[k] = fill(v, msg, status) end
+  return out
+end
+
 return {
   schema = {
-    shape = { type = "string", default = "message", one_of = { "message", "openai" } },
+    shape = { type = "string", default = "message", one_of = { "message", "openai", "template" } },
     field = { type = "string", default = "message" },
     include_status = { type = "boolean", default = false },
+    template = { type = "table" },
+    upstream = { type = "string", default = "pass", one_of = { "pass", "replace" } },
   },
+  init = function(conf)
+    if conf.shape == "template" and not conf.template then
+      error('template: required when shape = "template"', 0)
+    end
+  end,
   response = function(conf, req, res)
+    if res.raw and res.status >= 400 and conf.upstream == "replace" then
+      res.error = runtime_messages[res.status] or (res.status >= 500 and "upstream error" or "request failed")
+      res.body, res.raw = nil, nil
+    end
     local msg = res.error
     if not msg then return end
     if conf.shape == "openai" then
@@ -33,10 +66,17 @@ return {
         type = openai_types[res.status] or (res.status >= 500 and "server_error" or "invalid_request_error"),
         code = res.status,
       } }
+    elseif conf.shape == "template" then
+      res.body = fill(conf.template, msg, res.status)
     else
       local body = { [conf.field] = msg }
       if conf.include_status then body.status = res.status end
       res.body = body
+    end
+    -- The body is ours now: drop headers that described the upstream's.
+    for k in pairs(res.headers) do
+      local l = type(k) == "string" and k:lower()
+      if l == "content-type" or l == "content-encoding" then res.headers[k] = nil end
     end
   end,
 }

@@ -135,3 +135,20 @@ test("request-validation: size limit and bad settings", function()
   eq({ p.access(conf, body_req("0123456789A")) }, { 413, "request body too large" })
   raises(function() policy("request-validation", { fields = { x = { type = "date" } } }) end, "fields.x.type")
 end)
+
+test("errors: template shape and replaced upstream errors", function()
+  local p, conf = policy("errors", { shape = "template", upstream = "replace",
+    template = { ok = false, error = { text = "$message", code = "$status", note = "status $status" } } })
+  local res = { status = 502, headers = { ["Content-Type"] = "text/html" }, body = "<html>oops</html>", raw = true }
+  p.response(conf, fake_req("GET"), res)
+  eq(res.body, { ok = false, error = { text = "bad gateway", code = 502, note = "status 502" } })
+  eq(res.headers["Content-Type"], nil)
+  raises(function() policy("errors", { shape = "template" }) end, "template: required")
+end)
+
+test("errors: upstream error bodies pass by default", function()
+  local p, conf = policy("errors")
+  local res = { status = 422, headers = {}, body = '{"detail":"bad image"}', raw = true }
+  p.response(conf, fake_req("GET"), res)
+  eq(res.body, '{"detail":"bad image"}')
+end)
