@@ -168,6 +168,31 @@ function M.fake_redis()
   return fake
 end
 
+-- A stand-in for moongate.postgres: `answer(sql, params)` returns the rows
+-- (a list of tables), or nil, message, sqlstate; `down = true` fails every
+-- query like a dead server. Transactions run their function directly.
+function M.fake_postgres(answer)
+  local fake = { null = nil, down = false, queries = {} }
+  function fake.query(sql, ...)
+    fake.queries[#fake.queries + 1] = { sql = sql, params = { ... } }
+    if fake.down then return nil, "database unavailable", "08001" end
+    local rows, err, state = answer(sql, { ... })
+    if rows == nil then return nil, err, state end
+    rows.affected = rows.affected or #rows
+    return rows
+  end
+  function fake.transaction(fn)
+    local ok, err = pcall(fn, { query = function(sql, ...)
+      local rows, e, st = fake.query(sql, ...)
+      if not rows then error(e .. " (SQLSTATE " .. tostring(st) .. ")", 2) end
+      return rows
+    end })
+    if not ok then error(err, 2) end
+    return true
+  end
+  return fake
+end
+
 function M.run_file(path)
   local cases = {}
   local env = setmetatable({

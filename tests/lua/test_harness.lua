@@ -49,3 +49,19 @@ test("rate-limit (local store) counts per key", function()
   local function hit(ip) return p:run(testing.request{ remote_addr = ip }).status end
   eq({ hit("10.0.0.1"), hit("10.0.0.1"), hit("10.0.0.1"), hit("10.0.0.2") }, { 200, 200, 429, 200 })
 end)
+
+test("key-auth against a stubbed PostgreSQL", function()
+  local pg = testing.stub("moongate.postgres", testing.fake_postgres(function(sql, params)
+    if params[1] == "pk-1" then return { { consumer = "erin" } } end
+    return {}
+  end))
+  local p = testing.policy("key-auth", { pg_query = "SELECT name AS consumer FROM keys WHERE key = $1",
+                                         dict = "harness_pg" })
+  local req = testing.request{ headers = { Authorization = "Bearer pk-1" } }
+  eq(p:run(req).status, 200)
+  eq(req.ctx.consumer, "erin")
+  eq(pg.queries[1].params, { "pk-1" })                     -- the key went as a parameter
+  eq(p:run(testing.request{ headers = { Authorization = "Bearer pk-9" } }).status, 401)
+  pg.down = true
+  eq(p:run(testing.request{ headers = { Authorization = "Bearer pk-8" } }).status, 503)
+end)
