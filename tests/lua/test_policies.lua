@@ -152,3 +152,33 @@ test("errors: upstream error bodies pass by default", function()
   p.response(conf, fake_req("GET"), res)
   eq(res.body, '{"detail":"bad image"}')
 end)
+
+test("jwt: HS256 tokens, every failure says which", function()
+  local jwt = require "moongate.jwt"
+  local p = testing.policy("jwt", { secret = "k3y", issuers = { "auth" }, audiences = { "api" }, leeway = "10s",
+                                    claims_to_headers = { sub = "X-User-Id" } })
+  local now = os.time()
+  local last_req
+  local function run(token)
+    last_req = testing.request{ headers = { Authorization = token and ("Bearer " .. token) or nil } }
+    local res = p:run(last_req)
+    return res.status, res.error
+  end
+  local good = jwt.sign("k3y", { sub = "u1", iss = "auth", aud = "api", exp = now + 60 })
+  eq(run(good), 200)
+  local req = last_req
+  eq(req.ctx.jwt.sub, "u1")
+  eq(req.upstream_headers["X-User-Id"], "u1")
+  eq({ run(nil) }, { 401, "missing token" })
+  eq({ run("abc") }, { 401, "malformed token" })
+  eq({ run(jwt.sign("other", { sub = "u1", iss = "auth", aud = "api" })) }, { 401, "bad signature" })
+  eq({ run(good:sub(1, -3) .. "AA") }, { 401, "bad signature" })
+  eq({ run(jwt.sign("k3y", { iss = "auth", aud = "api", exp = now - 60 })) }, { 401, "token expired" })
+  eq(run(jwt.sign("k3y", { iss = "auth", aud = "api", exp = now - 5 })), 200)      -- within leeway
+  eq({ run(jwt.sign("k3y", { iss = "auth", aud = "api", nbf = now + 60 })) }, { 401, "token not yet valid" })
+  eq({ run(jwt.sign("k3y", { iss = "evil", aud = "api" })) }, { 401, "issuer not allowed" })
+  eq(run(jwt.sign("k3y", { iss = "auth", aud = { "x", "api" } })), 200)     -- aud may be a list
+  eq({ run(jwt.sign("k3y", { iss = "auth", aud = "web" })) }, { 401, "audience not allowed" })
+  raises(function() testing.policy("jwt", { secret = "k", algorithms = { "RS256" } }) end, "not supported")
+  raises(function() testing.policy("jwt", { secret_env = "MOONGATE_NO_SUCH_VAR" }) end, "is not set")
+end)
