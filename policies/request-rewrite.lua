@@ -12,17 +12,7 @@
 -- object body and leave any other body alone.
 local cjson = require "cjson.safe"
 
-local function encode_query(args)
-  local parts = {}
-  local function esc(s) return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end)) end
-  for k, v in pairs(args) do
-    if v == true then parts[#parts + 1] = esc(k)
-    elseif type(v) == "table" then for _, x in ipairs(v) do parts[#parts + 1] = esc(k) .. "=" .. esc(x) end
-    else parts[#parts + 1] = esc(k) .. "=" .. esc(v) end
-  end
-  table.sort(parts)
-  return table.concat(parts, "&")
-end
+local encode_query = require("moongate.request").encode_query
 
 return {
   schema = {

@@ -45,20 +45,7 @@ local function traceparent(r)
 end
 M.traceparent = traceparent
 
-local function encode_query(q)
-  if type(q) == "string" then return q end
-  local parts = {}
-  for k, v in pairs(q) do
-    local function esc(s) return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end)) end
-    if type(v) == "table" then
-      for _, x in ipairs(v) do parts[#parts + 1] = esc(k) .. "=" .. esc(x) end
-    else
-      parts[#parts + 1] = esc(k) .. "=" .. esc(v)
-    end
-  end
-  table.sort(parts)
-  return table.concat(parts, "&")
-end
+local encode_query = request.encode_query
 
 local function header_lines(map, into)
   into = into or {}

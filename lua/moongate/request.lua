@@ -64,6 +64,22 @@ local function parse_query(qs)
   return args
 end
 
+-- The inverse of parse_query: sorted, percent-encoded; `true` is a bare key.
+local function encode_query(args)
+  if type(args) == "string" then return args end
+  local function esc(s)
+    return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
+  end
+  local parts = {}
+  for k, v in pairs(args) do
+    if v == true then parts[#parts + 1] = esc(k)
+    elseif type(v) == "table" then for _, x in ipairs(v) do parts[#parts + 1] = esc(k) .. "=" .. esc(x) end
+    else parts[#parts + 1] = esc(k) .. "=" .. esc(v) end
+  end
+  table.sort(parts)
+  return table.concat(parts, "&")
+end
+
 local lazy = {
   query = function(r) return parse_query(r.query_string) end,
   headers = function(r) return setmetatable({ r }, HeadersMT) end,
@@ -162,6 +178,7 @@ function methods.finish(r)
 end
 
 local M = { Request = Request, methods = methods, parse_query = parse_query,
+            encode_query = encode_query,
             hooks = hooks }
 
 function M.new(fields)
