@@ -56,7 +56,6 @@ typedef struct mg_app {
   mg_coctx *free_co;
   mg_coctx *all_co;          /* every coroutine context, for teardown */
   int freeing;
-  int ncoctx;
   int inflight;             /* coroutines currently serving a request */
   int retired;              /* replaced by a newer generation */
   struct mg_app *next_retired;
