@@ -363,10 +363,6 @@ int mg_response_stream_end(mg_request *req) {
   return rc;
 }
 
-size_t mg_response_queued(const mg_request *req) {
-  return req->conn ? req->conn->write_queued : 0;
-}
-
 int mg_response_should_wait(const mg_request *req) {
   return req->conn && req->conn->write_queued > WRITE_HIGH_WATER;
 }

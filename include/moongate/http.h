@@ -107,8 +107,6 @@ int mg_response_stream_start(mg_request *req, int status, const char *headers,
                              size_t hlen);
 int mg_response_stream_write(mg_request *req, const char *data, size_t len);
 int mg_response_stream_end(mg_request *req);
-/* Bytes waiting in the kernel-side queue of the request's connection. */
-size_t mg_response_queued(const mg_request *req);
 /* True when a streaming writer should wait for the queue to drain. */
 int mg_response_should_wait(const mg_request *req);
 
