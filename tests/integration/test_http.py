@@ -265,6 +265,10 @@ def test_pipelined_requests_answered_in_order(gateway):
         c.close()
     # (The access log is written when each request's log phase ends, which
     # need not be the response order: compare the set.)
+    # Lines are flushed once per loop turn: give a slow (sanitizer) build time.
+    deadline = time.time() + 5 * SLOW
+    while len(g.access_log()) < 4 and time.time() < deadline:
+        time.sleep(0.02)
     uris = sorted(e["uri"] for e in g.access_log())
     assert uris == ["/echo", "/hello", "/hello?x=1", "/slow"], uris
 

@@ -48,6 +48,9 @@ def test_incr_is_atomic_across_workers(gateway):
     with concurrent.futures.ThreadPoolExecutor(16) as ex:
         results = list(ex.map(lambda _: requests.post(g.url("/incr/hits")).json()["n"], range(400)))
     assert sorted(results) == list(range(1, 401))          # every increment, none lost or doubled
+    deadline = time.time() + 5 * SLOW           # lines are flushed once per loop turn
+    while len([l for l in g.access_log() if l["uri"] == "/incr/hits"]) < 400 and time.time() < deadline:
+        time.sleep(0.02)
     workers = {l["worker"] for l in g.access_log() if l["uri"] == "/incr/hits"}
     assert workers == {0, 1}, workers                         # both workers took part
     assert requests.get(g.url("/get/hits")).json()["v"] == 400
