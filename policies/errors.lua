@@ -17,11 +17,7 @@
 --              "replace" gives them this shape too (message from the status)
 --
 --   policies = { { "errors", shape = "openai" } }
-local runtime_messages = {
-  [400] = "bad request", [401] = "unauthorized", [403] = "forbidden", [404] = "not found",
-  [429] = "too many requests", [500] = "internal server error", [502] = "bad gateway",
-  [503] = "service unavailable", [504] = "gateway timeout",
-}
+local default_messages = require("moongate.runtime").default_messages
 
 local openai_types = {
   [400] = "invalid_request_error", [401] = "invalid_request_error",
@@ -55,7 +51,7 @@ return {
   end,
   response = function(conf, req, res)
     if res.raw and res.status >= 400 and conf.upstream == "replace" then
-      res.error = runtime_messages[res.status] or (res.status >= 500 and "upstream error" or "request failed")
+      res.error = default_messages[res.status] or (res.status >= 500 and "upstream error" or "request failed")
       res.body, res.raw = nil, nil
     end
     local msg = res.error

@@ -46,18 +46,11 @@ function M.init(conf)
   if not conf.secret or conf.secret == "" then
     error(conf.secret_env and ("secret_env: " .. conf.secret_env .. " is not set") or "secret: required", 0)
   end
-  conf.prefix = conf.scheme ~= "" and (conf.scheme .. " ") or ""
 end
 
 function M.access(conf, req)
-  local token
-  local h = req.headers[conf.header]
-  if h and h:sub(1, #conf.prefix):lower() == conf.prefix:lower() then token = h:sub(#conf.prefix + 1) end
-  if (not token or token == "") and conf.query then
-    local q = req.query[conf.query]
-    if type(q) == "string" then token = q end
-  end
-  if not token or token == "" then return 401, "missing token" end
+  local token = req:credential(conf.header, conf.scheme, conf.query)
+  if not token then return 401, "missing token" end
   local claims, why = jwt.verify(conf, token, core.now())
   if not claims then return 401, why end
   req.ctx.jwt = claims

@@ -81,21 +81,11 @@ return {
       error('redis_key: needs a "%s" where the key goes', 0)
     end
     conf.cache = core.shdict(conf.dict, 4 * 1024 * 1024)
-    conf.prefix = conf.scheme ~= "" and (conf.scheme .. " ") or ""
   end,
 
   access = function(conf, req)
-    local key
-    local h = req.headers[conf.header]
-    if h then
-      if conf.prefix == "" then key = h
-      elseif h:sub(1, #conf.prefix):lower() == conf.prefix:lower() then key = h:sub(#conf.prefix + 1) end
-    end
-    if (not key or key == "") and conf.query then
-      local q = req.query[conf.query]
-      if type(q) == "string" then key = q end
-    end
-    if not key or key == "" then return 401, "missing API key" end
+    local key = req:credential(conf.header, conf.scheme, conf.query)
+    if not key then return 401, "missing API key" end
     local consumer, err = consumer_for(conf, key)
     if consumer == nil then
       core.log("error", "key-auth: lookup failed: " .. tostring(err))

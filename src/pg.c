@@ -248,13 +248,11 @@ static void query_timeout(uv_timer_t *t) {
 
 static int start_connect(pgconn *c) {
   const mg_settings *s = &c->pool->app->settings;
-  char conninfo[2048];
-  /* statement_timeout rides along as a connection option. */
-  snprintf(conninfo, sizeof conninfo, "%s", s->pg_dsn);
+  /* The DSN is expanded as dbname; statement_timeout rides along. */
   const char *keys[] = {"dbname", "options", NULL};
   char opts[64];
   snprintf(opts, sizeof opts, "-c statement_timeout=%llu", (unsigned long long)s->pg_timeout_ms);
-  const char *vals[] = {conninfo, opts, NULL};
+  const char *vals[] = {s->pg_dsn, opts, NULL};
   c->pg = PQconnectStartParams(keys, vals, 1);   /* expand_dbname: the DSN */
   if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
     if (c->pg) { PQfinish(c->pg); c->pg = NULL; }

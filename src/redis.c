@@ -255,7 +255,7 @@ static mg_redis *get_pool(lua_State *L, mg_coctx *cx) {
 }
 
 /* Sends `count` commands (each a table of strings) and parks. */
-static int send_commands(lua_State *L, int list_idx, int count, int single) {
+static int send_commands(lua_State *L, int list_idx, int count) {
   mg_coctx *cx = mg_waitable(L, "redis");
   mg_redis *pool = get_pool(L, cx);
   const char *err = NULL;
@@ -286,7 +286,6 @@ static int send_commands(lua_State *L, int list_idx, int count, int single) {
     redisAsyncCommandArgv(c->ac, reply_cb, p, argc, argv, lens);
     lua_pop(L, 1);
   }
-  (void)single;
   uint64_t tmo = pool->app->settings.redis_timeout_ms;
   if (tmo) {
     uv_timer_init(&pool->app->w->loop, &p->timer);
@@ -303,14 +302,14 @@ static int l_redis(lua_State *L) {
   lua_createtable(L, 1, 0);
   lua_pushvalue(L, 1);
   lua_rawseti(L, -2, 1);
-  return send_commands(L, lua_gettop(L), 1, 1);
+  return send_commands(L, lua_gettop(L), 1);
 }
 
 static int l_redis_pipeline(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   int n = (int)lua_objlen(L, 1);
   if (n < 1) luaL_error(L, "redis_pipeline: expected a list of commands");
-  return send_commands(L, 1, n, 0);
+  return send_commands(L, 1, n);
 }
 
 void mg_redis_free(mg_redis *pool) {

@@ -107,6 +107,25 @@ function methods.all_headers(r)
   return t
 end
 
+-- A credential from `header` ("<scheme> <value>", scheme compared without
+-- case; scheme "" takes the whole value), else from the query argument
+-- `query_arg`. nil when neither has one. Used by key-auth and jwt.
+function methods.credential(r, header, scheme, query_arg)
+  local v = r.headers[header]
+  if v then
+    local prefix = scheme ~= "" and (scheme .. " ") or ""
+    if prefix == "" then
+      if v ~= "" then return v end
+    elseif v:sub(1, #prefix):lower() == prefix:lower() and #v > #prefix then
+      return v:sub(#prefix + 1)
+    end
+  end
+  if query_arg then
+    local q = r.query[query_arg]
+    if type(q) == "string" and q ~= "" then return q end
+  end
+end
+
 -- Rewrites as later policies, the handler and req:proxy() see them:
 -- set_header(name, nil) removes a header; set_body replaces the body.
 function methods.set_header(r, name, value)
