@@ -49,7 +49,7 @@ return {
   policies = { "request-id", "envelope" },
   postgres = { dsn = dsn, pool = 4, timeout = "10s", wait_timeout = "5s" },
   redis = redis_url and { url = redis_url, pool = 4, timeout = "1s" } or nil,
-  shared = { tokens = "8m" },
+  shared = { tokens = "8m", aiproxy = "16m" },
   routes = {
     { "GET", "/api/status", handler = "routes/status.lua", name = "status" },
 
@@ -69,5 +69,19 @@ return {
     admin("GET",    "/api/tokens/",                 "routes/token.lua", "token.list"),
     admin("GET",    "/api/tokens",                  "routes/token.lua", "token.list"),
     admin("GET",    "/api/lookup/:key",             "routes/token.lua", "token.lookup"),
+
+    admin("POST",   "/api/channel/",           "routes/channel.lua", "channel.create"),
+    admin("GET",    "/api/channels/",          "routes/channel.lua", "channel.list"),
+    admin("GET",    "/api/channels",           "routes/channel.lua", "channel.list"),
+    admin("GET",    "/api/channel/:id",        "routes/channel.lua", "channel.get"),
+    admin("PUT",    "/api/channel/:id",        "routes/channel.lua", "channel.update"),
+    admin("DELETE", "/api/channel/:id",        "routes/channel.lua", "channel.delete"),
+    admin("POST",   "/api/channel/:id/status", "routes/channel.lua", "channel.status"),
+
+    admin("GET",    "/api/model_configs/",        "routes/model_config.lua", "model_config.list"),
+    admin("GET",    "/api/model_configs",         "routes/model_config.lua", "model_config.list"),
+    admin("POST",   "/api/model_config/:model",   "routes/model_config.lua", "model_config.set"),
+    admin("GET",    "/api/model_config/:model",   "routes/model_config.lua", "model_config.get"),
+    admin("DELETE", "/api/model_config/:model",   "routes/model_config.lua", "model_config.delete"),
   },
 }

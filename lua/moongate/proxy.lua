@@ -7,6 +7,10 @@
 --   opts: method ("GET"), path ("/"), query (string or table), headers (table),
 --         body (string) or json (table, sent as application/json), timeout (seconds)
 --   res: { status, headers (lower-case names), body, json = function }
+--   opts.stream = true: res has no body; read it as it arrives with
+--     res:read() -> chunk | false (the end) | nil, kind, message
+--     (kind "closed": the client went away; the upstream transfer is stopped)
+--   and res:close() when done with it (also closes a half-read answer).
 --
 -- req:proxy(name, opts) forwards the current request and relays the answer:
 --   opts: path, query, method, headers (set/override), body, key (for
@@ -76,6 +80,23 @@ function Response:json()
   return self._json
 end
 
+-- Streamed answers (opts.stream): the handle stays open until the end or close().
+function Response:read()
+  local h = self._h
+  if not h then return false end
+  local chunk, kind, msg = upstream.read_chunk(h)
+  if not chunk then self:close() end
+  return chunk, kind, msg
+end
+
+function Response:close()
+  local h = self._h
+  if not h then return end
+  self._h = nil
+  h:close()
+  if self._up then self._up:done(self._t) end
+end
+
 function methods.fetch(r, target, opts)
   opts = opts or {}
   local up, base, rest = resolve(target)
@@ -110,6 +131,9 @@ function methods.fetch(r, target, opts)
     status, kind, msg = upstream.wait_head(h)
     if not status then h:close() return nil, kind, msg end
     rh = kind
+  end
+  if opts.stream then
+    return setmetatable({ status = status, headers = rh, _h = h, _up = up, _t = t }, Response)
   end
   local data, kind, msg = upstream.read_all(h)
   h:close()

@@ -1,0 +1,152 @@
+-- The relay's view of channels and model configs: a per-worker snapshot of
+-- the enabled channels (indexed by model) and of every model config, read
+-- from PostgreSQL and refreshed when
+--   * an admin change on this machine bumped the version in the shared
+--     dictionary (every worker notices on its next request), or
+--   * it is older than REFRESH seconds (changes made through another
+--     instance), or on demand when empty.
+-- While PostgreSQL is down the last snapshot keeps serving.
+--
+-- Channel choice: weighted by priority, down-weighted by the channel's
+-- recent error rate on this worker (a channel failing every request keeps
+-- 2% of its weight, so it is still probed and comes back when it heals).
+local pg = require "moongate.postgres"
+local core = require "moongate.core"
+
+local M = {}
+
+M.REFRESH = 5
+M.DEFAULT_RETRIES = 1
+M.DEFAULT_TIMEOUT = 300          -- seconds, for a model without a config
+local VERSION_KEY = "catalog:version"
+
+local snap = nil                 -- { by_model, configs, version, loaded_at }
+local health = {}                -- channel id -> { ok, fail, since }
+
+local function dict() return require("moongate.shared").aiproxy end
+
+local function version()
+  local d = dict()
+  return d and d:get(VERSION_KEY) or 0
+end
+
+-- Called after every admin change to channels or model configs.
+function M.changed()
+  local d = dict()
+  if d then d:incr(VERSION_KEY, 1, 0) end
+  snap = nil
+end
+
+-- base_url as stored and used: no trailing "/" and no trailing "/v1".
+function M.normalize_base_url(u)
+  u = u:gsub("/+$", "")
+  u = u:gsub("/v1$", "")
+  return (u:gsub("/+$", ""))
+end
+
+local function load()
+  local v = version()
+  local chans, err, state = pg.query(
+    "SELECT id, type, name, key, base_url, models, model_mapping, priority " ..
+    "FROM channels WHERE status = 1 ORDER BY id")
+  if not chans then return nil, err, state end
+  local cfgs, err2, state2 = pg.query(
+    "SELECT model, rpm, tpm, input_price, output_price, retry_times, timeout, fallbacks FROM model_configs")
+  if not cfgs then return nil, err2, state2 end
+  local by_model, configs = {}, {}
+  for _, c in ipairs(chans) do
+    c.models = type(c.models) == "table" and c.models or {}
+    c.model_mapping = type(c.model_mapping) == "table" and c.model_mapping or {}
+    for _, m in ipairs(c.models) do
+      local list = by_model[m]
+      if not list then list = {}; by_model[m] = list end
+      list[#list + 1] = c
+    end
+  end
+  for _, r in ipairs(cfgs) do
+    r.fallbacks = type(r.fallbacks) == "table" and r.fallbacks or {}
+    configs[r.model] = r
+  end
+  return { by_model = by_model, configs = configs, version = v, loaded_at = core.now() }
+end
+
+-- The current snapshot, or nil, err, sqlstate when there is none at all.
+function M.get()
+  local s = snap
+  if s and s.version == version() and core.now() - s.loaded_at < M.REFRESH then return s end
+  local fresh, err, state = load()
+  if fresh then
+    snap = fresh
+    return fresh
+  end
+  if s then
+    s.loaded_at = core.now()                 -- keep serving; retry in REFRESH s
+    core.log("warn", "aiproxy: could not refresh channels, serving the last snapshot: " .. tostring(err))
+    return s
+  end
+  return nil, err, state
+end
+
+-- The model's settings, defaults filled in for a model without a config.
+function M.model_config(s, model)
+  local c = s.configs[model]
+  return {
+    rpm = c and c.rpm or 0, tpm = c and c.tpm or 0,
+    input_price = c and c.input_price or 0, output_price = c and c.output_price or 0,
+    retry_times = c and c.retry_times or M.DEFAULT_RETRIES,
+    timeout = (c and c.timeout > 0) and c.timeout or M.DEFAULT_TIMEOUT,
+    fallbacks = c and c.fallbacks or {},
+  }
+end
+
+function M.serves(s, model)
+  return s.by_model[model] ~= nil
+end
+
+-- Models served by some enabled channel, sorted.
+function M.models(s)
+  local out = {}
+  for m in pairs(s.by_model) do out[#out + 1] = m end
+  table.sort(out)
+  return out
+end
+
+local WINDOW = 60
+
+local function error_rate(id, now)
+  local h = health[id]
+  if not h then return 0 end
+  if now - h.since > WINDOW then               -- decay: halve the old counts
+    h.ok, h.fail, h.since = h.ok / 2, h.fail / 2, now
+  end
+  return h.fail / (h.ok + h.fail + 1)
+end
+
+function M.record(id, ok)
+  local h = health[id]
+  if not h then h = { ok = 0, fail = 0, since = core.now() }; health[id] = h end
+  if ok then h.ok = h.ok + 1 else h.fail = h.fail + 1 end
+end
+
+-- A channel serving `model` not in `tried`, or nil.
+function M.pick(s, model, tried)
+  local list = s.by_model[model]
+  if not list then return nil end
+  local now, total, cands, weights = core.now(), 0, {}, {}
+  for _, c in ipairs(list) do
+    if not tried[c.id] then
+      local w = math.max(c.priority, 0.1) * math.max(0.02, 1 - error_rate(c.id, now))
+      cands[#cands + 1], weights[#weights + 1] = c, w
+      total = total + w
+    end
+  end
+  if #cands == 0 then return nil end
+  local x = math.random() * total
+  for i, c in ipairs(cands) do
+    x = x - weights[i]
+    if x <= 0 then return c end
+  end
+  return cands[#cands]
+end
+
+return M

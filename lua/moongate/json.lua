@@ -1,0 +1,128 @@
+-- JSON helpers for what Debian's lua-cjson (2.1.0) cannot do.
+--
+--   local json = require "moongate.json"
+--   json.encode({ data = json.array(list) })   -- an empty list encodes as [] (cjson: {})
+--   json.encode({ tags = json.empty_array })
+--   json.set_member(text, "model", '"gpt-4o"') -> new text | nil, err
+--
+-- set_member edits one top-level member of a JSON object text in place and
+-- leaves every other byte alone. A gateway that rewrites a client's body
+-- (the `model` of an OpenAI request, say) should not decode and re-encode
+-- it: cjson would turn empty arrays into objects and mangle integers of 15+
+-- digits. Misuse raises; text that is not a JSON object returns nil, err.
+local cjson = require "cjson.safe"
+
+local M = {}
+
+-- A string no valid JSON input can produce: NUL is escaped by the encoder,
+-- so the marker's encoded form is unambiguous and replaced after encoding.
+local EMPTY = "\0moongate:empty-array\0"
+M.empty_array = EMPTY
+local EMPTY_ENCODED = cjson.encode(EMPTY):gsub("%p", "%%%0")
+
+function M.array(t)
+  if t == nil or next(t) == nil then return EMPTY end
+  return t
+end
+
+-- cjson.encode with empty-array markers turned into []. Returns text or nil, err.
+function M.encode(v)
+  local s, err = cjson.encode(v)
+  if not s then return nil, err end
+  if s:find("moongate:empty-array", 1, true) then s = s:gsub(EMPTY_ENCODED, "[]") end
+  return s
+end
+
+M.decode = cjson.decode
+M.null = cjson.null
+
+local find, byte, sub = string.find, string.byte, string.sub
+
+-- Index just past the string that opens at i (s[i] == '"'), or nil.
+local function skip_string(s, i)
+  local j = i + 1
+  while true do
+    local q = find(s, '["\\]', j)
+    if not q then return nil end
+    if byte(s, q) == 92 then j = q + 2 else return q + 1 end
+  end
+end
+
+-- Index just past the value that starts at i, or nil if it is cut off.
+local function skip_value(s, i)
+  local c = byte(s, i)
+  if c == 34 then return skip_string(s, i) end
+  if c == 123 or c == 91 then                  -- { or [: count brackets, skip strings
+    local depth, j = 0, i
+    while true do
+      local p = find(s, '[%[%]{}"]', j)
+      if not p then return nil end
+      local b = byte(s, p)
+      if b == 34 then
+        j = skip_string(s, p)
+        if not j then return nil end
+      elseif b == 123 or b == 91 then
+        depth, j = depth + 1, p + 1
+      else
+        depth, j = depth - 1, p + 1
+        if depth == 0 then return j end
+      end
+    end
+  end
+  local p = find(s, "[,%]}%s]", i)               -- a number, true, false or null
+  if p == i then return nil end
+  return p or #s + 1
+end
+
+-- Sets the top-level member `key` of the JSON object `text` to `value_json`
+-- (JSON text, e.g. '"gpt-4o"' or '{"include_usage":true}'); every occurrence
+-- is replaced, or the member is added first when absent. The rest of the
+-- text is kept byte for byte. Only the object's structure is checked, not
+-- every value's syntax.
+function M.set_member(text, key, value_json)
+  if type(text) ~= "string" or type(key) ~= "string" or type(value_json) ~= "string" then
+    error("json.set_member(text, key, value_json): expected three strings", 2)
+  end
+  local pos = find(text, "%S")
+  if not pos or byte(text, pos) ~= 123 then return nil, "not a JSON object" end
+  local open = pos
+  local spans = {}
+  pos = find(text, "%S", pos + 1)
+  if pos and byte(text, pos) ~= 125 then
+    while true do
+      if not pos or byte(text, pos) ~= 34 then return nil, "malformed JSON object" end
+      local kend = skip_string(text, pos)
+      if not kend then return nil, "malformed JSON object" end
+      local name = sub(text, pos + 1, kend - 2)
+      pos = find(text, "%S", kend)
+      if not pos or byte(text, pos) ~= 58 then return nil, "malformed JSON object" end
+      local vstart = find(text, "%S", pos + 1)
+      local vend = vstart and skip_value(text, vstart)
+      if not vend then return nil, "malformed JSON object" end
+      if name == key then spans[#spans + 1] = { vstart, vend } end
+      pos = find(text, "%S", vend)
+      if not pos then return nil, "malformed JSON object" end
+      local b = byte(text, pos)
+      if b == 125 then break end
+      if b ~= 44 then return nil, "malformed JSON object" end
+      pos = find(text, "%S", pos + 1)
+    end
+  elseif not pos then
+    return nil, "malformed JSON object"
+  end
+  if #spans == 0 then
+    local empty = byte(text, find(text, "%S", open + 1)) == 125
+    return sub(text, 1, open) .. cjson.encode(key) .. ":" .. value_json .. (empty and "" or ",")
+           .. sub(text, open + 1)
+  end
+  local out, last = {}, 1
+  for _, sp in ipairs(spans) do
+    out[#out + 1] = sub(text, last, sp[1] - 1)
+    out[#out + 1] = value_json
+    last = sp[2]
+  end
+  out[#out + 1] = sub(text, last)
+  return table.concat(out)
+end
+
+return M

@@ -1,0 +1,36 @@
+-- moongate.json: empty arrays that stay arrays, and in-place member edits.
+local json = require "moongate.json"
+local cjson = require "cjson"
+
+test("empty arrays encode as []", function()
+  eq(json.encode({ a = json.array({}) }), '{"a":[]}')
+  eq(json.encode({ a = json.empty_array }), '{"a":[]}')
+  eq(json.encode({ a = json.array({ 1, 2 }) }), '{"a":[1,2]}')
+  eq(json.encode({ s = "moongate:empty-array" }), '{"s":"moongate:empty-array"}')
+end)
+
+test("set_member replaces a top-level member and keeps every other byte", function()
+  local body = '{"messages":[{"role":"user","content":"say \\"model\\": no"}],"tools":[],' ..
+               '"seed":123456789012345,"model" : "gpt-4o" ,"x":{"model":"inner"}}'
+  local out = json.set_member(body, "model", '"upstream-m"')
+  eq(out, '{"messages":[{"role":"user","content":"say \\"model\\": no"}],"tools":[],' ..
+          '"seed":123456789012345,"model" : "upstream-m" ,"x":{"model":"inner"}}')
+  eq(cjson.decode(out).x.model, "inner")
+end)
+
+test("set_member adds an absent member first, and handles the empty object", function()
+  eq(json.set_member('{"a":1}', "stream_options", '{"include_usage":true}'),
+     '{"stream_options":{"include_usage":true},"a":1}')
+  eq(json.set_member(' { } ', "m", '"x"'), ' {"m":"x" } ')
+  eq(json.set_member('{"m":1,"m":[1,{"m":2}]}', "m", "3"), '{"m":3,"m":3}')
+end)
+
+test("set_member refuses what is not an object", function()
+  local bad = { "", "[]", '"x"', "{", '{"a"}', '{"a":1,}', '{"a":"unterminated}', '{"a":[1,2}', "{a:1}" }
+  for _, text in ipairs(bad) do
+    local out, err = json.set_member(text, "a", "1")
+    eq(out, nil, text)
+    eq(type(err), "string", text)
+  end
+  raises(function() json.set_member({}, "a", "1") end, "expected three strings")
+end)
