@@ -37,6 +37,10 @@ end
 timer.after(0, schema.migrate_logged)
 
 local ADMIN = { { "admin-key", env = "ADMIN_KEY" } }
+local RELAY = { { "errors", shape = "openai" }, "relay-auth" }
+local function relay(method, path, name)
+  return { method, path, handler = "routes/relay.lua", name = name, policies = RELAY }
+end
 local function admin(method, path, file, name)
   return { method, path, handler = file, name = name, policies = ADMIN }
 end
@@ -46,12 +50,20 @@ return {
   workers = "auto",
   limits = { headers = "32k", body = "1m" },
   policy_paths = { "policies" },
-  policies = { "request-id", "envelope" },
+  -- Admin answers use the seed's envelope {"success": false, "message": ...};
+  -- the relay's routes replace it with OpenAI's error shape.
+  policies = { "request-id", { "errors", shape = "template", template = { success = false, message = "$message" } } },
   postgres = { dsn = dsn, pool = 4, timeout = "10s", wait_timeout = "5s" },
   redis = redis_url and { url = redis_url, pool = 4, timeout = "1s" } or nil,
   shared = { tokens = "8m", aiproxy = "16m" },
   routes = {
     { "GET", "/api/status", handler = "routes/status.lua", name = "status" },
+
+    relay("POST", "/v1/chat/completions", "relay.chat"),
+    relay("POST", "/v1/completions",      "relay.completions"),
+    relay("POST", "/v1/embeddings",       "relay.embeddings"),
+    relay("GET",  "/v1/models",           "relay.models"),
+    relay("GET",  "/v1/models/:model",    "relay.model"),
 
     admin("POST",   "/api/group/",           "routes/group.lua", "group.create"),
     admin("POST",   "/api/group/:id",        "routes/group.lua", "group.create"),

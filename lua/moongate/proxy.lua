@@ -5,7 +5,8 @@
 --   target down), "incomplete" (the head arrived, the body broke off), "error"
 --   target: an upstream name, or an absolute http(s) URL
 --   opts: method ("GET"), path ("/"), query (string or table), headers (table),
---         body (string) or json (table, sent as application/json), timeout (seconds)
+--         body (string) or json (table, sent as application/json), timeout (seconds),
+--         connect_timeout (seconds; URL targets only, upstreams have their own)
 --   res: { status, headers (lower-case names), body, json = function }
 --   opts.stream = true: res has no body; read it as it arrives with
 --     res:read() -> chunk | false (the end) | nil, kind, message
@@ -126,7 +127,8 @@ function methods.fetch(r, target, opts)
   else
     local kind, msg
     h, kind, msg = core.fetch({ url = base .. pq, method = method, headers = headers, body = body,
-                                timeout = timeout or 60000 })
+                                timeout = timeout or 60000,
+                                connect_timeout = opts.connect_timeout and opts.connect_timeout * 1000 })
     if not h then return nil, kind, msg end
     status, kind, msg = upstream.wait_head(h)
     if not status then h:close() return nil, kind, msg end

@@ -1,0 +1,393 @@
+-- The OpenAI-compatible relay: POST /v1/chat/completions, /v1/completions,
+-- /v1/embeddings; GET /v1/models, /v1/models/:model. The relay-auth policy
+-- has put the caller's token in req.ctx.token.
+--
+-- One request: parse the body (400 without a model) -> the model must be
+-- allowed for the token and served by an enabled channel (404) -> reserve
+-- RPM/TPM (429) -> try channels (weighted by priority, down-weighted by
+-- their recent errors; model_mapping applied; the channel key as Bearer),
+-- retrying the next channel on connect errors, timeouts, 429 and 5xx, then
+-- the model's fallbacks; 400/413/422 are the caller's fault and go back as
+-- they are -> relay the answer with the requested model name put back (in
+-- every SSE chunk too), usage taken from the answer (estimated when the
+-- upstream sends none) -> correct the TPM reservation, count the spending,
+-- push the log row (lib/accounting.lua).
+local core = require "moongate.core"
+local cjson = require "cjson.safe"
+local json = require "moongate.json"
+local catalog = require "lib.catalog"
+local limits = require "lib.limits"
+local usage = require "lib.usage"
+local accounting = require "lib.accounting"
+local openai = require "lib.openai"
+
+local DEFAULT_COMPLETION = 512   -- tokens reserved for TPM when max_tokens is absent
+local CONNECT_TIMEOUT = 10       -- seconds, per channel attempt
+local NOT_RETRIED = { [400] = true, [413] = true, [422] = true }
+
+local ENDPOINTS = {
+  ["relay.chat"] = { path = "/v1/chat/completions", kind = "chat" },
+  ["relay.completions"] = { path = "/v1/completions", kind = "completions" },
+  ["relay.embeddings"] = { path = "/v1/embeddings", kind = "embeddings" },
+}
+
+local function now_ms() return math.floor(core.now() * 1000) end
+
+local function no_model(model)
+  return openai.error(404, "The model `" .. model .. "` does not exist or you do not have access to it.",
+                      "model_not_found")
+end
+
+local function token_allows(tok, model)
+  local models = tok.models
+  if type(models) ~= "table" or #models == 0 then return true end
+  for _, m in ipairs(models) do if m == model then return true end end
+  return false
+end
+
+-- About 4 characters per token (no tokenizer here): used to reserve TPM and
+-- when an upstream reports no usage.
+local function text_tokens(s) return #s / 4 end
+
+local function prompt_estimate(body, kind)
+  local n = 0
+  local function add(v)
+    if type(v) == "string" then n = n + text_tokens(v)
+    elseif type(v) == "table" then
+      for _, x in ipairs(v) do
+        if type(x) == "string" then n = n + text_tokens(x)
+        elseif type(x) == "table" and type(x.text) == "string" then n = n + text_tokens(x.text)
+        else n = n + 1 end
+      end
+    end
+  end
+  if kind == "chat" then
+    if type(body.messages) == "table" then
+      for _, m in ipairs(body.messages) do
+        if type(m) == "table" then add(m.content) end
+      end
+    end
+  elseif kind == "completions" then
+    add(body.prompt)
+  else
+    add(body.input)
+  end
+  return math.max(1, math.ceil(n))
+end
+
+local function completion_reserve(body, kind)
+  if kind == "embeddings" then return 0 end
+  local m = body.max_tokens or body.max_completion_tokens
+  if type(m) == "number" and m > 0 then return math.ceil(m) end
+  return DEFAULT_COMPLETION
+end
+
+-- The upstream's error message, from an OpenAI-shaped body or its text.
+local function upstream_message(status, text)
+  local obj = cjson.decode(text or "")
+  if type(obj) == "table" and type(obj.error) == "table" and type(obj.error.message) == "string" then
+    return obj.error.message
+  end
+  if type(obj) == "table" and type(obj.detail) == "string" then return obj.detail end
+  return "upstream answered " .. status
+end
+
+local function read_all(res)
+  local parts = {}
+  while true do
+    local chunk, kind, msg = res:read()
+    if chunk == false then return table.concat(parts) end
+    if chunk == nil then return nil, kind, msg end
+    parts[#parts + 1] = chunk
+  end
+end
+
+-- Streams an SSE answer to the client. Returns the usage seen (or nil), the
+-- completion text length, and how it ended: "done", "client", or "upstream".
+local function relay_sse(req, res, st)
+  local model_json = cjson.encode(st.model)
+  local buf, usage_seen, text_len = "", nil, 0
+  local first = true
+  req:stream(200, { ["Content-Type"] = "text/event-stream", ["Cache-Control"] = "no-cache",
+                    ["X-Accel-Buffering"] = "no" })
+  local function event(ev)
+    local payload = ev:match("^data: ?(.*)$")
+    if not payload or payload:find("\n", 1, true) then return ev .. "\n\n" end   -- comments, event: lines
+    if payload == "[DONE]" then
+      if not usage_seen and st.client_usage and st.synth_usage then
+        return "data: " .. st.synth_usage(text_len) .. "\n\ndata: [DONE]\n\n"
+      end
+      return "data: [DONE]\n\n"
+    end
+    local obj = cjson.decode(payload)
+    if type(obj) ~= "table" then return ev .. "\n\n" end
+    local choices = obj.choices
+    if type(choices) == "table" then
+      local c = choices[1]
+      if type(c) == "table" then
+        local piece = type(c.delta) == "table" and c.delta.content or c.text
+        if type(piece) == "string" then text_len = text_len + #piece end
+      end
+    end
+    if type(obj.usage) == "table" then
+      usage_seen = obj.usage
+      if not st.client_usage and (type(choices) ~= "table" or next(choices) == nil) then
+        return nil                                   -- the usage chunk we asked for, not the client
+      end
+    end
+    if obj.model ~= nil and obj.model ~= st.model then
+      payload = json.set_member(payload, "model", model_json) or payload
+    end
+    return "data: " .. payload .. "\n\n"
+  end
+  while true do
+    local chunk, kind = res:read()
+    if chunk == false then break end
+    if chunk == nil then
+      return usage_seen, text_len, kind == "closed" and "client" or "upstream"
+    end
+    if chunk:find("\r", 1, true) then chunk = chunk:gsub("\r\n", "\n") end
+    buf = buf .. chunk
+    local out, pos = {}, 1
+    while true do
+      local s, e = buf:find("\n\n", pos, true)
+      if not s then break end
+      local line = event(buf:sub(pos, s - 1))
+      if line then out[#out + 1] = line end
+      pos = e + 1
+    end
+    buf = buf:sub(pos)
+    if #out > 0 then
+      if first then st.ttfb = now_ms() - st.t0; first = false end
+      if not req:write(table.concat(out)) then return usage_seen, text_len, "client" end
+    end
+  end
+  if buf ~= "" and not req:write(buf) then return usage_seen, text_len, "client" end
+  return usage_seen, text_len, "done"
+end
+
+local function relay(req, ep)
+  local tok = req.ctx.token
+  local row = accounting.row(req, tok, ep.path)
+  local t0 = now_ms()
+  local st = { t0 = t0, ttfb = 0 }
+  local function log(code, content)
+    row.code, row.content = code, content or ""
+    row.latency_ms = now_ms() - t0
+    row.ttfb_ms = st.ttfb
+    accounting.push(row)
+  end
+  local function refuse(status, message, code, headers)
+    log(status, message)
+    return openai.error(status, message, code, headers)
+  end
+
+  local raw = req:body()
+  local body = cjson.decode(raw)
+  if type(body) ~= "table" or (next(body) ~= nil and body[1] ~= nil) then
+    return refuse(400, "We could not parse the JSON body of your request. The OpenAI API expects a JSON object.",
+                  "invalid_json")
+  end
+  local model = body.model
+  if type(model) ~= "string" or model == "" then
+    return refuse(400, "you must provide a model parameter", "missing_model")
+  end
+  row.model = model
+  local snap, err = catalog.get()
+  if not snap then
+    core.log("error", "aiproxy: no channel list: " .. tostring(err))
+    return refuse(503, "The service is temporarily unavailable (database).", "database_unavailable")
+  end
+  if not token_allows(tok, model) or not catalog.serves(snap, model) then
+    local s, b, h = no_model(model)
+    log(s, b.error.message)
+    return s, b, h
+  end
+  local cfg = catalog.model_config(snap, model)
+  local stream = body.stream == true and ep.kind ~= "embeddings"
+  row.stream = stream
+  local est_prompt = prompt_estimate(body, ep.kind)
+  local reservation, limit_headers, which = limits.acquire(tok.group, model, cfg, est_prompt + completion_reserve(body, ep.kind))
+  if not reservation then
+    if which == "unavailable" then
+      return refuse(503, "The rate limiter is unavailable; try again later.", "rate_limiter_unavailable")
+    end
+    local what = which == "rpm" and "requests per minute (RPM)" or "tokens per minute (TPM)"
+    return refuse(429, string.format("Rate limit reached for %s in group %s on %s. Please try again in %ss.",
+                                     model, tok.group, what, limit_headers["Retry-After"]),
+                  "rate_limit_exceeded", limit_headers)
+  end
+
+  -- The body sent upstream: the client's bytes, only `model` (per channel)
+  -- and, when streaming, stream_options.include_usage changed.
+  local base = raw
+  if stream then
+    local so = type(body.stream_options) == "table" and body.stream_options or {}
+    st.client_usage = so.include_usage == true
+    so.include_usage = true
+    base = json.set_member(raw, "stream_options", cjson.encode(so)) or raw
+  end
+  st.model = model
+
+  local chain = { model }
+  for _, m in ipairs(cfg.fallbacks) do if m ~= model then chain[#chain + 1] = m end end
+  local attempts, last = 0, nil
+  local usage_obj, text_len, ended
+  for _, m in ipairs(chain) do
+    local mcfg = m == model and cfg or catalog.model_config(snap, m)
+    local tried = {}
+    for _ = 1, 1 + mcfg.retry_times do
+      local ch = catalog.pick(snap, m, tried)
+      if not ch then break end
+      tried[ch.id] = true
+      attempts = attempts + 1
+      local upstream_model = ch.model_mapping[m] or m
+      row.channel_id, row.upstream_model = ch.id, upstream_model
+      local res, kind, msg = req:fetch(ch.base_url .. ep.path, {
+        method = "POST", body = json.set_member(base, "model", cjson.encode(upstream_model)) or base,
+        headers = { Authorization = "Bearer " .. ch.key, ["Content-Type"] = "application/json" },
+        timeout = mcfg.timeout, connect_timeout = CONNECT_TIMEOUT, stream = true,
+      })
+      if not res then
+        if kind == "closed" then
+          row.client_aborted = true
+          limits.correct(reservation, 0)
+          log(499, "client closed the request")
+          return 499, "client closed the request"
+        end
+        catalog.record(ch.id, false)
+        last = { status = kind == "timeout" and 504 or 502,
+                 message = string.format("upstream %s (channel %d): %s", kind, ch.id, msg or kind),
+                 code = kind == "timeout" and "upstream_timeout" or "upstream_unreachable" }
+        core.log("warn", string.format("aiproxy: channel %d (%s) failed for %s: %s %s",
+                                       ch.id, ch.name, m, kind, msg or ""))
+      elseif res.status ~= 200 then
+        local text = read_all(res) or ""
+        res:close()
+        local message = upstream_message(res.status, text)
+        if NOT_RETRIED[res.status] then
+          catalog.record(ch.id, true)
+          log(res.status, message)
+          limits.correct(reservation, 0)
+          row.retries = attempts - 1
+          return { status = res.status, raw = true, body = text,
+                   headers = { ["Content-Type"] = res.headers["content-type"] or "application/json" } }
+        end
+        catalog.record(ch.id, false)
+        local s = res.status
+        last = { status = (s == 429 or s >= 500) and s or 502, message = message, code = "upstream_error",
+                 retry_after = res.headers["retry-after"] }
+        core.log("warn", string.format("aiproxy: channel %d (%s) answered %d for %s: %s",
+                                       ch.id, ch.name, s, m, message))
+      else
+        local ctype = res.headers["content-type"] or ""
+        row.retries = attempts - 1
+        if stream and ctype:find("text/event-stream", 1, true) then
+          catalog.record(ch.id, true)
+          st.synth_usage = function(len)
+            local p, c = est_prompt, math.ceil(len / 4)
+            return json.encode({ id = "chatcmpl-" .. req.id, object = "chat.completion.chunk",
+                                 created = math.floor(core.now()), model = model, choices = json.empty_array,
+                                 usage = { prompt_tokens = p, completion_tokens = c, total_tokens = p + c } })
+          end
+          usage_obj, text_len, ended = relay_sse(req, res, st)
+          res:close()
+          break
+        end
+        local text, rkind, rmsg = read_all(res)
+        res:close()
+        local obj = text and cjson.decode(text)
+        if text and type(obj) == "table" and not obj[1] then
+          catalog.record(ch.id, true)
+          st.ttfb = now_ms() - t0
+          usage_obj, ended = obj.usage, "done"
+          if obj.model ~= nil and obj.model ~= model then
+            text = json.set_member(text, "model", cjson.encode(model)) or text
+          end
+          st.answer = { status = 200, raw = true, body = text,
+                        headers = { ["Content-Type"] = "application/json" } }
+          break
+        end
+        if rkind == "closed" then
+          row.client_aborted = true
+          limits.correct(reservation, 0)
+          log(499, "client closed the request")
+          return 499, "client closed the request"
+        end
+        catalog.record(ch.id, false)
+        last = { status = 502, code = "upstream_invalid_response",
+                 message = text and "invalid response from the upstream (not a JSON object)"
+                              or ("upstream broke off: " .. tostring(rkind) .. " " .. tostring(rmsg)) }
+      end
+    end
+    if ended then break end
+  end
+
+  if not ended then
+    limits.correct(reservation, 0)
+    row.retries = math.max(0, attempts - 1)
+    if not last then
+      local s, b = openai.error(503, "No available channel for model " .. model .. ".", "no_channel")
+      log(503, b.error.message)
+      return s, b
+    end
+    local headers = last.retry_after and { ["Retry-After"] = last.retry_after } or nil
+    return refuse(last.status, last.message, last.code, headers)
+  end
+
+  -- Usage and spending.
+  local prompt, completion
+  if type(usage_obj) == "table" and type(usage_obj.prompt_tokens) == "number" then
+    prompt = usage_obj.prompt_tokens
+    completion = type(usage_obj.completion_tokens) == "number" and usage_obj.completion_tokens or 0
+  else
+    row.usage_estimated = true
+    prompt = est_prompt
+    completion = math.ceil((text_len or 0) / 4)
+  end
+  row.prompt_tokens, row.completion_tokens, row.total_tokens = prompt, completion, prompt + completion
+  row.amount = (prompt * cfg.input_price + completion * cfg.output_price) / 1000
+  limits.correct(reservation, prompt + completion)
+  usage.add(tok, row.amount)
+  if ended == "client" then
+    row.client_aborted = true
+    log(499, "client closed the stream")
+  elseif ended == "upstream" then
+    log(502, "upstream broke off mid-stream")
+    req:abort()
+  else
+    log(200)
+  end
+  return st.answer
+end
+
+local H = {}
+
+function H.models(req)
+  local tok = req.ctx.token
+  local snap, err = catalog.get()
+  if not snap then
+    core.log("error", "aiproxy: no channel list: " .. tostring(err))
+    return openai.error(503, "The service is temporarily unavailable (database).", "database_unavailable")
+  end
+  local data = {}
+  for _, m in ipairs(catalog.models(snap)) do
+    if token_allows(tok, m) then
+      data[#data + 1] = { id = m, object = "model", created = 0, owned_by = "aiproxy" }
+    end
+  end
+  return 200, json.encode({ object = "list", data = json.array(data) }), { ["Content-Type"] = "application/json" }
+end
+
+function H.model(req)
+  local tok, m = req.ctx.token, req.params.model
+  local snap = catalog.get()
+  if not snap or not token_allows(tok, m) or not catalog.serves(snap, m) then return no_model(m) end
+  return 200, { id = m, object = "model", created = 0, owned_by = "aiproxy" }
+end
+
+return function(req)
+  local ep = ENDPOINTS[req.route]
+  if ep then return relay(req, ep) end
+  return H[req.route:match("%.(%w+)$")](req)
+end
