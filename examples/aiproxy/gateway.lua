@@ -90,6 +90,12 @@ return {
     admin("DELETE", "/api/channel/:id",        "routes/channel.lua", "channel.delete"),
     admin("POST",   "/api/channel/:id/status", "routes/channel.lua", "channel.status"),
 
+    admin("GET",    "/api/logs/",        "routes/log.lua", "log.list"),
+    admin("GET",    "/api/logs",         "routes/log.lua", "log.list"),
+    admin("DELETE", "/api/logs/",        "routes/log.lua", "log.delete"),
+    admin("DELETE", "/api/logs",         "routes/log.lua", "log.delete"),
+    admin("GET",    "/api/log/:group",   "routes/log.lua", "log.group"),
+
     admin("GET",    "/api/model_configs/",        "routes/model_config.lua", "model_config.list"),
     admin("GET",    "/api/model_configs",         "routes/model_config.lua", "model_config.list"),
     admin("POST",   "/api/model_config/:model",   "routes/model_config.lua", "model_config.set"),
