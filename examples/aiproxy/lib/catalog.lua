@@ -8,8 +8,9 @@
 -- While PostgreSQL is down the last snapshot keeps serving.
 --
 -- Channel choice: weighted by priority, down-weighted by the channel's
--- recent error rate on this worker (a channel failing every request keeps
--- 2% of its weight, so it is still probed and comes back when it heals).
+-- recent error rate on this worker (weight x (1 - rate)^2, at least 1%);
+-- a channel that failed COOL_AFTER times in a row sits out COOL_FOR seconds
+-- while another channel can serve, then gets probed again.
 local pg = require "moongate.postgres"
 local core = require "moongate.core"
 
@@ -112,6 +113,7 @@ function M.models(s)
 end
 
 local WINDOW = 60
+M.COOL_AFTER, M.COOL_FOR = 3, 10
 
 local function error_rate(id, now)
   local h = health[id]
@@ -124,22 +126,39 @@ end
 
 function M.record(id, ok)
   local h = health[id]
-  if not h then h = { ok = 0, fail = 0, since = core.now() }; health[id] = h end
-  if ok then h.ok = h.ok + 1 else h.fail = h.fail + 1 end
+  if not h then h = { ok = 0, fail = 0, since = core.now(), streak = 0, cool_until = 0 }; health[id] = h end
+  if ok then
+    h.ok, h.streak = h.ok + 1, 0
+  else
+    h.fail, h.streak = h.fail + 1, h.streak + 1
+    if h.streak >= M.COOL_AFTER then h.cool_until = core.now() + M.COOL_FOR end
+  end
+end
+
+local function cooling(id, now)
+  local h = health[id]
+  return h ~= nil and h.cool_until > now
 end
 
 -- A channel serving `model` not in `tried`, or nil.
 function M.pick(s, model, tried)
   local list = s.by_model[model]
   if not list then return nil end
-  local now, total, cands, weights = core.now(), 0, {}, {}
-  for _, c in ipairs(list) do
-    if not tried[c.id] then
-      local w = math.max(c.priority, 0.1) * math.max(0.02, 1 - error_rate(c.id, now))
-      cands[#cands + 1], weights[#weights + 1] = c, w
-      total = total + w
+  local now = core.now()
+  local function candidates(skip_cooling)
+    local total, cands, weights = 0, {}, {}
+    for _, c in ipairs(list) do
+      if not tried[c.id] and not (skip_cooling and cooling(c.id, now)) then
+        local ok_share = 1 - error_rate(c.id, now)
+        local w = math.max(c.priority, 0.1) * math.max(0.01, ok_share * ok_share)
+        cands[#cands + 1], weights[#weights + 1] = c, w
+        total = total + w
+      end
     end
+    return cands, weights, total
   end
+  local cands, weights, total = candidates(true)
+  if #cands == 0 then cands, weights, total = candidates(false) end
   if #cands == 0 then return nil end
   local x = math.random() * total
   for i, c in ipairs(cands) do
