@@ -3,16 +3,20 @@
 #   scripts/setup.sh              install what is missing, build build/moongate
 #   scripts/setup.sh --test       also the test tools
 #   scripts/setup.sh --sanitize   build the ASan+UBSan variant in build-asan/
+#   scripts/setup.sh --demo       also what the AI proxy demo needs (scripts/aiproxy-demo.sh):
+#                                 PostgreSQL 15, Redis, curl
 # Idempotent and quiet when everything is already there. Needs root for apt.
 set -eu
 cd "$(dirname "$0")/.."
 
 want_test=0
+want_demo=0
 build_dir=build
 cmake_args="-DCMAKE_BUILD_TYPE=RelWithDebInfo"
 for arg in "$@"; do
   case "$arg" in
     --test) want_test=1 ;;
+    --demo) want_demo=1 ;;
     --sanitize) want_test=1; build_dir=build-asan; cmake_args="-DCMAKE_BUILD_TYPE=Debug -DMG_SANITIZE=ON" ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
@@ -24,6 +28,10 @@ pkgs="build-essential cmake pkg-config libuv1-dev libcurl4-openssl-dev libpq-dev
 if [ "$want_test" = 1 ]; then
   pkgs="$pkgs libcmocka-dev python3 python3-pytest python3-pytest-timeout python3-requests curl
         redis-server openssl postgresql-15 postgresql-client-15"
+fi
+
+if [ "$want_demo" = 1 ]; then
+  pkgs="$pkgs postgresql-15 postgresql-client-15 redis-server curl"
 fi
 
 missing=""
