@@ -511,3 +511,37 @@ def test_log_filters_and_delete(app, mock):
     assert r.status_code == 400
     d = ok(app.delete("/api/logs/", params={"timestamp": 1}))
     assert d["deleted"] == 0
+
+
+# --- Redis down ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fault_tolerant", ["true", "false"])
+def test_redis_down_follows_fault_tolerant(pg, mock, tmp_path, fault_tolerant):
+    from test_redis import Redis
+    r = Redis(tmp_path)
+    env = {"ADMIN_KEY": KEY,
+           "SQL_DSN": "postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable" % pg.port,
+           "REDIS_CONN_STRING": "redis://127.0.0.1:%d/0" % r.port,
+           "AIPROXY_FAULT_TOLERANT": fault_tolerant, "AIPROXY_LOG_FLUSH_INTERVAL": "0.2",
+           "AIPROXY_SPOOL_DIR": str(tmp_path / "spool")}
+    a = App(str(tmp_path), env, workers=1)
+    try:
+        limited, free = uniq(), uniq()
+        channel(a, mock.url(), [limited, free])
+        ok(a.post("/api/model_config/" + limited, {"rpm": 2}))
+        t = token(a)
+        avoid_window_edge()
+        assert chat(a, t, limited).status_code == 200     # Redis up: counted there
+        r.stop()
+        if fault_tolerant == "true":
+            # the shared dictionary takes over (its own count, per machine)
+            assert chat(a, t, limited).status_code == 200
+            assert chat(a, t, limited).status_code == 200
+            oai_error(chat(a, t, limited), 429, "rate_limit_exceeded")
+        else:
+            oai_error(chat(a, t, limited), 503, "rate_limiter_unavailable")
+        assert chat(a, t, free).status_code == 200        # no limits: Redis not needed
+        assert "Redis" in a.stderr()
+    finally:
+        a.stop()
+        r.stop()
