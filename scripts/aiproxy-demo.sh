@@ -13,7 +13,8 @@
 #   A port given explicitly must be free; a default one that is taken is
 #   replaced by the next free port.
 #
-# Environment: ADMIN_KEY (default aiproxy-admin). With SQL_DSN or
+# Environment: ADMIN_KEY (default aiproxy-admin); MOONGATE_BIN (default
+# build/moongate). With SQL_DSN or
 # REDIS_CONN_STRING set, that server is used and none is started.
 # Needs build/moongate, curl, and (unless given servers) postgresql-15 and
 # redis-server: scripts/setup.sh --demo installs them. As root, PostgreSQL runs
@@ -32,12 +33,12 @@ while [ $# -gt 0 ]; do
     --mock-port) mock_port=$2; fixed="$fixed mock_port "; shift 2 ;;
     --pg-port) pg_port=$2; fixed="$fixed pg_port "; shift 2 ;;
     --redis-port) redis_port=$2; fixed="$fixed redis_port "; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "aiproxy-demo: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 export ADMIN_KEY=${ADMIN_KEY:-aiproxy-admin}
-BIN=$repo/build/moongate
+BIN=${MOONGATE_BIN:-$repo/build/moongate}     # the tests' sanitizer run sets MOONGATE_BIN
 
 say() { echo "demo: $*"; }
 die() { echo "demo: $*" >&2; exit 1; }
