@@ -545,3 +545,57 @@ def test_redis_down_follows_fault_tolerant(pg, mock, tmp_path, fault_tolerant):
     finally:
         a.stop()
         r.stop()
+
+
+# --- logs are never lost -----------------------------------------------------------------
+
+def test_postgres_stopped_and_restarted_under_load_loses_no_log_row(app, mock, pg):
+    import threading
+    m = uniq()
+    channel(app, mock.url(), [m])
+    t = token(app)
+    for _ in range(4):                      # both workers have the channel list and the token cached
+        assert chat(app, t, m).status_code == 200
+    sent, lock, stop = [], threading.Lock(), threading.Event()
+
+    def load():
+        s = requests.Session()
+        while not stop.is_set():
+            body = {"model": m, "messages": [{"role": "user", "content": "hello there"}]}
+            r = s.post(app.url("/v1/chat/completions"), data=json.dumps(body), headers=bearer(t))
+            with lock:
+                sent.append((r.status_code, r.headers.get("X-Request-ID")))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for th in threads:
+        th.start()
+    try:
+        time.sleep(0.5 * SLOW)
+        pg.stop()
+        time.sleep(2 * SLOW)
+        pg.start()
+        time.sleep(0.5 * SLOW)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    assert all(code == 200 for code, _ in sent), [c for c, _ in sent if c != 200][:5]
+    want = {rid for _, rid in sent}
+    assert len(want) == len(sent) and len(sent) > 20
+    deadline = time.time() + 20 * SLOW
+    got = []
+    while time.time() < deadline:
+        r = app.get("/api/logs/", params={"token_name": t["name"], "per_page": 100, "page": 1})
+        if r.status_code == 200:
+            total = r.json()["data"]["total"]
+            if total >= len(sent) + 4:
+                break
+        time.sleep(0.2)
+    pages = (total + 99) // 100
+    for p in range(1, pages + 1):
+        got += [x["request_id"] for x in ok(app.get("/api/logs/", params={"token_name": t["name"],
+                                                                          "per_page": 100, "page": p}))["logs"]]
+    assert len(got) == len(set(got)) == len(sent) + 4      # every row, none twice
+    assert want <= set(got)
+    tok = ok(app.get("/api/token/%s/%d" % (t["group"], t["id"])))
+    assert tok["request_count"] == len(sent) + 4            # spending counted once per row
