@@ -74,6 +74,22 @@ function M.invalidate(keys)
   end
 end
 
+-- Decoded cache entries, per worker, keyed by the cached JSON text itself:
+-- the same text decodes to the same token, and any change (or
+-- invalidation) changes or removes the text, so this can never be stale.
+-- Bounded: emptied when it reaches MAX_DECODED entries. Callers must not
+-- change the token they get.
+local by_text, n_decoded, MAX_DECODED = {}, 0, 10000
+local function decoded(v)
+  local t = by_text[v]
+  if t == nil then
+    t = cjson.decode(v)
+    if n_decoded >= MAX_DECODED then by_text, n_decoded = {}, 0 end
+    by_text[v], n_decoded = t, n_decoded + 1
+  end
+  return t
+end
+
 -- The token with this key (an "sk-" prefix is allowed), with its group's
 -- status as group_status. Returns token, source ("memory"|"redis"|"db"),
 -- or nil (unknown key), or nil, err, sqlstate on a database failure.
@@ -84,7 +100,7 @@ function M.lookup(key)
   local dict = shdict()
   if dict then
     local v = dict:get(key)
-    if v then return cjson.decode(v), "memory" end
+    if v then return decoded(v), "memory" end
   end
   if redis then
     local v = redis.call("GET", PREFIX .. key)

@@ -13,12 +13,8 @@ local openai = require "lib.openai"
 local function allowed_ip(tok, addr)
   local subnets = tok.subnets
   if type(subnets) ~= "table" or #subnets == 0 then return true end
-  local nets = tok._nets
-  if not nets then
-    nets = {}
-    for i, s in ipairs(subnets) do nets[i] = ip.parse_cidr(s) end
-    tok._nets = nets
-  end
+  local nets = {}
+  for i, s in ipairs(subnets) do nets[i] = ip.parse_cidr(s) end
   local bytes = ip.parse(addr)
   return bytes ~= nil and ip.in_list(nets, bytes)
 end
