@@ -125,10 +125,8 @@ def test_completions_embeddings_and_models(openai_dir, app, mock):
     comp, emb, listed, got, not_allowed = client(
         openai_dir, app, sk(t),
         {"op": "completion", "params": {"model": m, "prompt": "abcdefgh"}},
-        # "float" given explicitly: without it the client asks for "base64" and
-        # decodes the answer as such, and the mock ignores encoding_format
-        # (its README says so) and answers floats
-        {"op": "embeddings", "params": {"model": e, "input": ["abcd", "efgh"], "encoding_format": "float"}},
+        # the client's default: it asks for "base64" and decodes the float32s
+        {"op": "embeddings", "params": {"model": e, "input": ["abcd", "efgh"]}},
         {"op": "models_list"},
         {"op": "models_retrieve", "model": m},
         {"op": "models_retrieve", "model": other})

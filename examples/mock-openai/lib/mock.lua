@@ -132,6 +132,30 @@ function M.embedding(s)
   return out
 end
 
+-- An embedding as OpenAI sends it for encoding_format = "base64" (the
+-- official clients' default): little-endian float32s, base64 with padding.
+local ffi = require "ffi"
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+function M.embedding_base64(floats)
+  local buf = ffi.new("float[?]", #floats)
+  for i, f in ipairs(floats) do buf[i - 1] = f end
+  local raw = ffi.string(buf, 4 * #floats)         -- x86-64: little-endian already
+  local out = {}
+  for i = 1, #raw, 3 do
+    local a, b, c = raw:byte(i, i + 2)
+    local n = bit.bor(bit.lshift(a, 16), bit.lshift(b or 0, 8), c or 0)
+    for j = 0, 3 do
+      if (j == 2 and not b) or (j == 3 and not c) then
+        out[#out + 1] = "="
+      else
+        local v = bit.band(bit.rshift(n, 18 - 6 * j), 63)
+        out[#out + 1] = B64:sub(v + 1, v + 1)
+      end
+    end
+  end
+  return table.concat(out)
+end
+
 -- The stats as JSON text.
 local RAW_PATTERN = cjson.encode(M.RAW_BODY):gsub("%p", "%%%0")
 function M.stats_json()

@@ -236,8 +236,10 @@ function H.embeddings(req, body, ctl, fault, headers, model)
   end
   local list = type(input) == "string" and { input } or input
   local data = {}
+  local base64 = body.encoding_format == "base64"
   for i, s in ipairs(list) do
-    data[i] = { object = "embedding", index = i - 1, embedding = mock.embedding(s) }
+    local v = mock.embedding(s)
+    data[i] = { object = "embedding", index = i - 1, embedding = base64 and mock.embedding_base64(v) or v }
   end
   local prompt = mock.text_tokens(input)
   return complete(req, {
