@@ -46,6 +46,8 @@ function M.normalize_base_url(u)
 end
 
 local function load()
+  local ready, e, st = require("lib.schema").ensure()   -- the tables may not exist yet
+  if not ready then return nil, e, st end
   local v = version()
   local chans, err, state = pg.query(
     "SELECT id, type, name, key, base_url, models, model_mapping, priority " ..
