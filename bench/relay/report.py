@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Tables for bench/run-relay.sh from its load.tsv (one line per measured wrk run).
+Usage: report.py summary HZ load.tsv | report.py all HZ load.tsv | report.py line HZ < one-row
+Columns of load.tsv: rep cell port rps p50 p99 total non2xx sockerr cpu0 cpu1 cpu1_ticks
+relay mock redis postgres nginx-s3 upstream foreign tries opens; the six process columns are
+CPU ticks (utime+stime, USER_HZ) of that process tree during the run; opens = TCP connections
+opened on the machine during the run, wrk's own excluded."""
+import statistics
+import sys
+
+COLS = ["rep", "cell", "port", "rps", "p50", "p99", "total", "non2xx", "sockerr", "cpu0", "cpu1",
+        "cpu1_ticks", "relay", "mock", "redis", "postgres", "nginx-s3", "upstream", "foreign", "tries", "opens"]
+PROCS = ["relay", "mock", "redis", "postgres", "nginx-s3", "upstream"]
+# cell -> (what it is, its gateway process, its upstream process)
+CELLS = {
+    "relay": ("moongate AI proxy relay -> mock", "relay", "mock"),
+    "nginx-s3": ("nginx S3 policy-proxy -> upstream nginx", "nginx-s3", "upstream"),
+    "mock": ("mock provider alone (reference)", None, "mock"),
+    "upstream": ("upstream nginx alone, S0 (reference)", None, "upstream"),
+}
+
+
+def parse(line, hz):
+    r = dict(zip(COLS, line.rstrip("\n").split("\t")))
+    for k in COLS[3:]:
+        r[k] = float(r[k])
+    r["rep"] = int(r["rep"])
+    n = r["total"] if r["total"] > 0 else 1.0
+    us = lambda ticks: ticks / hz * 1e6 / n
+    _, gw, up = CELLS[r["cell"]]
+    r["gw_us"] = us(r[gw]) if gw else None
+    r["up_us"] = us(r[up])
+    r["redis_us"] = us(r["redis"])
+    r["pg_us"] = us(r["postgres"])
+    r["all_us"] = us(sum(r[p] for p in PROCS))
+    r["cpu1_us"] = us(r["cpu1_ticks"])
+    r["conn_per_1k"] = max(0.0, r["opens"]) * 1000.0 / n
+    return r
+
+
+def load(path, hz):
+    with open(path) as f:
+        return [parse(line, hz) for line in f if line.strip()]
+
+
+def rng(vals, fmt):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–"
+    med = statistics.median(vals)
+    if len(vals) == 1:
+        return fmt % med
+    return (fmt + " (" + fmt + "–" + fmt + ")") % (med, min(vals), max(vals))
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def groups(rows):
+    order, g = [], {}
+    for r in rows:
+        if r["cell"] not in g:
+            order.append(r["cell"])
+            g[r["cell"]] = []
+        g[r["cell"]].append(r)
+    order.sort(key=lambda c: list(CELLS).index(c))
+    return order, g
+
+
+def summary(rows):
+    order, g = groups(rows)
+    out = ["| cell | what | n | req/s | p50 ms | p99 ms | errors | **gateway µs/req** | upstream µs/req "
+           "| Redis µs/req | PostgreSQL µs/req | all servers µs/req | cpu1 busy | new upstream conns / 1k req | max foreign |",
+           "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    f1 = lambda v: "–" if v is None else "%.1f" % v
+    for c in order:
+        rs = g[c]
+        col = lambda k: [r[k] for r in rs]
+        errs = int(sum(col("non2xx")) + sum(col("sockerr")))
+        gw = rng(col("gw_us"), "%.1f")
+        out.append("| %s | %s | %d | %s | %s | %s | %d | %s | %s | %s | %s | %s | %.0f%% | %.0f | %.0f%% |" % (
+            c, CELLS[c][0], len(rs), rng(col("rps"), "%.0f"), rng(col("p50"), "%.2f"), rng(col("p99"), "%.2f"),
+            errs, ("**%s**" % gw) if gw != "–" else gw, rng(col("up_us"), "%.1f"), f1(med(col("redis_us"))),
+            f1(med(col("pg_us"))), rng(col("all_us"), "%.1f"), med(col("cpu1")), med(col("conn_per_1k")),
+            max(col("foreign"))))
+    out.append("")
+    out.append("- gateway µs/req: CPU (user+sys, all threads) of the gateway process tree alone per request: the "
+               "relay's one moongate process; nginx's master + its one worker. upstream: the mock / the upstream "
+               "nginx alone. Redis, PostgreSQL: those servers (all PostgreSQL backends). all servers: every "
+               "process this script started. Medians; (min–max) over the repetitions.")
+    out.append("- new upstream conns / 1k req: TCP connections opened on the machine during the run (/proc/net/snmp "
+               "ActiveOpens) minus wrk's own, per 1000 requests: the gateway's new connections to its upstream "
+               "(0 = every request reused a kept-alive connection).")
+    if "relay" in g and "nginx-s3" in g:
+        rg, ng = med([r["gw_us"] for r in g["relay"]]), med([r["gw_us"] for r in g["nginx-s3"]])
+        by_rep = {}
+        for r in g["relay"] + g["nginx-s3"]:
+            by_rep.setdefault(r["rep"], {})[r["cell"]] = r["gw_us"]
+        diffs = [d["relay"] - d["nginx-s3"] for d in by_rep.values() if len(d) == 2]
+        verdict = "met" if rg - ng <= 5.0 else "NOT met"
+        out.append("- **relay gateway − nginx S3 gateway: %.1f − %.1f = %+.1f µs/req** (per repetition: %s). "
+                   "Target ≤ +5 µs: %s." % (rg, ng, rg - ng, ", ".join("%+.1f" % d for d in diffs), verdict))
+    return "\n".join(out)
+
+
+def full(rows):
+    out = ["| rep | cell | req/s | p50 ms | p99 ms | non-2xx | sock err | cpu0 busy | cpu1 busy | cpu1 µs/req "
+           "| gateway µs/req | upstream µs/req | Redis µs/req | PostgreSQL µs/req | all µs/req | new conns / 1k req | foreign | tries |",
+           "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    f1 = lambda v: "–" if v is None else "%.1f" % v
+    for r in rows:
+        out.append("| %d | %s | %.0f | %.3f | %.3f | %d | %d | %.0f%% | %.0f%% | %.1f | %s | %.1f | %.1f | %.1f | %.1f | %.0f | %.1f%% | %d |" % (
+            r["rep"], r["cell"], r["rps"], r["p50"], r["p99"], r["non2xx"], r["sockerr"], r["cpu0"], r["cpu1"],
+            r["cpu1_us"], f1(r["gw_us"]), r["up_us"], r["redis_us"], r["pg_us"], r["all_us"], r["conn_per_1k"],
+            r["foreign"], r["tries"]))
+    return "\n".join(out)
+
+
+def line(r):
+    gw = "" if r["gw_us"] is None else "gateway %.1f us/req  " % r["gw_us"]
+    return ("%.0f req/s  p50 %.2f ms  p99 %.2f ms  errors %d  %supstream %.1f  redis %.1f  pg %.1f  all %.1f us/req  "
+            "cpu1 %.0f%%  new conns %.0f/1k req  foreign %.1f%%  tries %d" % (
+                r["rps"], r["p50"], r["p99"], r["non2xx"] + r["sockerr"], gw, r["up_us"], r["redis_us"], r["pg_us"],
+                r["all_us"], r["cpu1"], r["conn_per_1k"], r["foreign"], r["tries"]))
+
+
+if __name__ == "__main__":
+    what, hz = sys.argv[1], float(sys.argv[2])
+    if what == "line":
+        print(line(parse(sys.stdin.readline(), hz)))
+    else:
+        rows = load(sys.argv[3], hz)
+        print(summary(rows) if what == "summary" else full(rows))

@@ -1,0 +1,485 @@
+#!/usr/bin/env bash
+# run-relay.sh -- the AI proxy relay benchmark (issue 6), 127.0.0.1 only.
+#
+# Starts, every one pinned to SERVER_CPU (default 1):
+#   postgres      a throwaway PostgreSQL 15 (initdb in RUN_DIR, fsync off)   :PG_PORT
+#   redis         redis-server, no persistence                               :REDIS_PORT
+#   mock          examples/mock-openai (one worker)                          :MOCK_PORT
+#   relay         build/moongate --workers 1 examples/aiproxy/gateway.lua    :RELAY_PORT
+#   upstream      nginx, bench/conf/upstream-nginx.conf (run-anchors' S0)    :UPSTREAM_PORT
+#   nginx-s3      nginx + lua-nginx-module, bench/conf/nginx-gateway.conf    :NGINX_BASE+2 (S3)
+# creates through the admin API a group, a token, a channel to the mock and a
+# model config for gpt-4o-mini with rpm 1e9 (the Redis RPM check runs on every
+# request and never rejects), checks every route once by curl, then
+#   1. load: wrk -t1 -c50 --latency on CLIENT_CPU (default 0), the same POST
+#      (bench/relay/chat.lua: {"model":"gpt-4o-mini","messages":[...]} with
+#      Authorization: Bearer <key>) against
+#        relay        moongate AI proxy -> mock           (the subject)
+#        nginx-s3     nginx S3 policy-proxy -> upstream   (the anchor)
+#        mock         the mock alone                       (reference)
+#        upstream     the upstream nginx alone (S0)        (reference)
+#      a warm-up per cell, then REPS interleaved repetitions with the cells'
+#      order rotated; CPU of each process tree from /proc/<pid>/stat;
+#      run-anchors.sh's shared-machine guards (quiet second, foreign CPU);
+#      and the TCP connections opened during each run (the gateway's new
+#      upstream connections: /proc/net/snmp ActiveOpens minus wrk's);
+#   2. checks that no answer was non-2xx, that PostgreSQL holds one log row per
+#      relayed request (after the batch flush), and that Redis ran one RPM
+#      script per relayed request;
+#   3. SSE: bench/relay/sse_latency.py measures the latency the relay adds per
+#      streamed chunk (mock chunks=SSE_CHUNKS, delay_ms=SSE_DELAY_MS);
+#   4. prints a markdown report (also $RUN_DIR/results.md) and stops
+#      everything it started, by PID (trap, also on failure).
+#
+# Knobs (environment):
+#   DURATION=10s WARMUP=5s CONNS=50 THREADS=1 REPS=3   wrk parameters
+#   SERVER_CPU=1 CLIENT_CPU=0                          taskset cores
+#   QUIET_MAX=10 QUIET_TIMEOUT=60 FOREIGN_MAX=5 RETRIES=2   shared-machine guards
+#   CELLS="relay nginx-s3 mock upstream"               which cells to load
+#   SSE_STREAMS=10 SSE_CHUNKS=200 SSE_DELAY_MS=5 SSE_WARMUP=3  (SKIP_SSE=1 skips it)
+#   RUN_DIR=/tmp/relaybench-<stamp>-<pid>              scratch dir (absolute)
+#   RELAY_PORT=9501 MOCK_PORT=9502 TAP_PORT=9503 PG_PORT=9504 REDIS_PORT=9505
+#   UPSTREAM_PORT=9506 NGINX_BASE=9507 (nginx S1/S2/S3 on 9507/9508/9509)
+# Needs: build/moongate (builds nothing), nginx + libnginx-mod-http-lua,
+# wrk, curl, postgresql-15, redis-server, /usr/bin/python3. As root,
+# PostgreSQL runs as the postgres user (initdb refuses root).
+#   DURATION=3s REPS=1 bench/run-relay.sh      # quick look, about 1 min
+#   bench/run-relay.sh                          # full run, about 4 min
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+BIN="${MOONGATE_BIN:-$REPO/build/moongate}"
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-5s}"
+CONNS="${CONNS:-50}"
+THREADS="${THREADS:-1}"
+REPS="${REPS:-3}"
+SERVER_CPU="${SERVER_CPU:-1}"
+CLIENT_CPU="${CLIENT_CPU:-0}"
+QUIET_MAX="${QUIET_MAX:-10}"
+QUIET_TIMEOUT="${QUIET_TIMEOUT:-60}"
+FOREIGN_MAX="${FOREIGN_MAX:-5}"
+RETRIES="${RETRIES:-2}"
+CELLS="${CELLS:-relay nginx-s3 mock upstream}"
+SKIP_SSE="${SKIP_SSE:-0}"
+SSE_STREAMS="${SSE_STREAMS:-10}"
+SSE_CHUNKS="${SSE_CHUNKS:-200}"
+SSE_DELAY_MS="${SSE_DELAY_MS:-5}"
+SSE_WARMUP="${SSE_WARMUP:-3}"
+RELAY_PORT="${RELAY_PORT:-9501}"
+MOCK_PORT="${MOCK_PORT:-9502}"
+TAP_PORT="${TAP_PORT:-9503}"
+PG_PORT="${PG_PORT:-9504}"
+REDIS_PORT="${REDIS_PORT:-9505}"
+# The anchors' nginx configs are used as they are, with their ports moved (in the
+# copies in RUN_DIR) so that a run-anchors.sh running at the same time does not clash:
+# upstream 9001 -> UPSTREAM_PORT, nginx S1/S2/S3 9101/9102/9103 -> NGINX_BASE+0/1/2.
+UPSTREAM_PORT="${UPSTREAM_PORT:-9506}"
+NGINX_BASE="${NGINX_BASE:-9507}"
+NGINX_S3_PORT=$((NGINX_BASE + 2))
+RUN_DIR="${RUN_DIR:-/tmp/relaybench-$(date +%Y%m%d-%H%M%S)-$$}"
+PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3   # standard library only
+HOST=127.0.0.1
+ADMIN_KEY=relay-bench-admin
+MODEL=gpt-4o-mini
+SSE_MODEL=gpt-4o-mini-sse
+CHANNEL_KEY=sk-relay-bench-channel
+DIRECT_KEY=sk-relay-bench-direct
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+
+[ -x "$BIN" ] || die "moongate binary not found at $BIN -- build it first (this script builds nothing)"
+for bin in nginx wrk curl taskset ss redis-server redis-cli; do
+    command -v "$bin" >/dev/null || die "missing $bin (apt-get install nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache wrk curl redis-server postgresql-15)"
+done
+[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || die "libnginx-mod-http-lua not installed"
+PGBIN=$(pg_config --bindir 2>/dev/null || true)
+[ -x "${PGBIN:-/nonexistent}/initdb" ] || PGBIN=/usr/lib/postgresql/15/bin
+[ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not installed (apt-get install postgresql-15)"
+case "$RUN_DIR" in /*) ;; *) die "RUN_DIR must be an absolute path" ;; esac
+for c in $CELLS; do case $c in relay|nginx-s3|mock|upstream) ;; *) die "unknown cell '$c' in CELLS" ;; esac; done
+
+as_pg() {   # a PostgreSQL tool as the postgres user when we are root (initdb refuses root)
+    if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
+}
+
+# --- processes and cleanup: stop only what we started, by PID -------------------
+declare -A PID=()
+STARTED=()
+PG_DATA=""
+cleanup() {
+    local rc=$? i name pid t
+    trap - EXIT INT TERM
+    for ((i=${#STARTED[@]}-1; i>=0; i--)); do
+        name=${STARTED[$i]}; pid=${PID[$name]}
+        kill -0 "$pid" 2>/dev/null || continue
+        if [ "$name" = postgres ]; then
+            as_pg "$PGBIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 20 stop >/dev/null 2>&1 || true
+        else
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+        for t in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "$name (pid $pid) still running after SIGTERM, sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+        log "stopped $name (pid $pid)"
+    done
+    if [ -n "$PG_DATA" ] && [ -d "$PG_DATA" ]; then
+        # a postmaster whose start did not complete (pg_ctl stop reads its PID from postmaster.pid)
+        [ -f "$PG_DATA/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$PG_DATA" -m immediate -w -t 20 stop >/dev/null 2>&1 || true
+        rm -rf "$PG_DATA"     # throwaway data; the server log stays in logs/
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- preflight ----------------------------------------------------------------------
+for port in "$RELAY_PORT" "$MOCK_PORT" "$TAP_PORT" "$PG_PORT" "$REDIS_PORT" "$UPSTREAM_PORT" "$NGINX_BASE" $((NGINX_BASE + 1)) "$NGINX_S3_PORT"; do
+    [ -z "$(ss -Htln "sport = :$port")" ] || die "port $port already has a listener; not touching it -- free it first"
+done
+mkdir -p "$RUN_DIR"/{logs,tmp,raw}
+chmod 755 "$RUN_DIR"
+cp -r "$HERE/conf" "$RUN_DIR/conf"
+cd "$RUN_DIR"
+sed -i "s/127\.0\.0\.1:9001;/127.0.0.1:$UPSTREAM_PORT;/" conf/upstream-nginx.conf conf/nginx-gateway.conf
+sed -i "s/127\.0\.0\.1:9101;/127.0.0.1:$NGINX_BASE;/; s/127\.0\.0\.1:9102;/127.0.0.1:$((NGINX_BASE + 1));/; s/127\.0\.0\.1:9103;/127.0.0.1:$NGINX_S3_PORT;/" conf/nginx-gateway.conf
+[ "$(grep -c "127.0.0.1:$UPSTREAM_PORT;" conf/upstream-nginx.conf conf/nginx-gateway.conf | cut -d: -f2 | tr '\n' ' ')" = "1 1 " ] &&
+    grep -q "listen 127.0.0.1:$NGINX_S3_PORT;" conf/nginx-gateway.conf || die "could not move the nginx configs' ports"
+NGINX_KEY=$(sed -n 500p conf/keys.txt)   # the valid key run-anchors.sh sends to S3
+log "run dir: $RUN_DIR"
+
+start() {   # start NAME CMD...   (background, pinned to SERVER_CPU, output to logs/NAME.out)
+    local name=$1; shift
+    taskset -c "$SERVER_CPU" "$@" >"logs/$name.out" 2>&1 </dev/null &
+    PID[$name]=$!; STARTED+=("$name")
+    log "started $name pid ${PID[$name]}: $*"
+}
+wait_listen() {   # wait_listen NAME PORT TIMEOUT_S
+    local name=$1 port=$2 t
+    for t in $(seq $(( $3 * 10 ))); do
+        kill -0 "${PID[$name]}" 2>/dev/null || { tail -n 20 "logs/$name.out" >&2 || true; die "$name exited during start-up"; }
+        [ -n "$(ss -Htln "sport = :$port")" ] && return 0
+        sleep 0.1
+    done
+    tail -n 20 "logs/$name.out" >&2 || true; die "$name is not listening on $port after $3 s"
+}
+
+# PostgreSQL: its data directory must be reachable by the postgres user.
+PG_DATA="$RUN_DIR/pgdata"
+if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$RUN_DIR" 2>/dev/null; then
+    PG_DATA=$(mktemp -d /tmp/relaybench-pgdata.XXXXXX)
+    log "the postgres user cannot reach $RUN_DIR; PostgreSQL data goes to $PG_DATA"
+fi
+if [ "$(id -u)" = 0 ]; then
+    install -d -o postgres -g postgres -m 700 "$PG_DATA"
+    install -o postgres -g postgres -m 644 /dev/null logs/postgres.log
+else
+    install -d -m 700 "$PG_DATA"
+fi
+as_pg "$PGBIN/initdb" -D "$PG_DATA" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 --no-sync \
+    >logs/initdb.log 2>&1 || die "initdb failed: $(tail -n 5 logs/initdb.log)"
+as_pg sh -c "cat >> '$PG_DATA/postgresql.conf'" <<'EOF'
+# bench/run-relay.sh: loopback only, no unix socket, no durability (throwaway data)
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+# pg_ctl forks the postmaster, which inherits the CPU affinity (and so do its backends).
+as_pg taskset -c "$SERVER_CPU" "$PGBIN/pg_ctl" -D "$PG_DATA" -l "$RUN_DIR/logs/postgres.log" -w -t 30 \
+    -o "-p $PG_PORT" start >/dev/null || die "PostgreSQL did not start: $(tail -n 5 logs/postgres.log)"
+PID[postgres]=$(head -n 1 "$PG_DATA/postmaster.pid"); STARTED+=(postgres)
+log "started postgres pid ${PID[postgres]} (data $PG_DATA)"
+PSQL=("$PGBIN/psql" -h "$HOST" -p "$PG_PORT" -U postgres -d postgres -At -v ON_ERROR_STOP=1)
+
+mkdir -p redis
+start redis redis-server --port "$REDIS_PORT" --bind "$HOST" --save '' --appendonly no --dir "$RUN_DIR/redis"
+wait_listen redis "$REDIS_PORT" 10
+start upstream nginx -p "$RUN_DIR/" -c "$RUN_DIR/conf/upstream-nginx.conf" -g 'daemon off;'
+start nginx-s3 nginx -p "$RUN_DIR/" -c "$RUN_DIR/conf/nginx-gateway.conf" -g 'daemon off;'
+LISTEN_ADDR="$HOST:$MOCK_PORT" start mock "$BIN" "$REPO/examples/mock-openai/gateway.lua"
+ADMIN_KEY="$ADMIN_KEY" \
+SQL_DSN="postgres://postgres@$HOST:$PG_PORT/postgres?sslmode=disable&gssencmode=disable" \
+REDIS_CONN_STRING="redis://$HOST:$REDIS_PORT/0" \
+LISTEN_ADDR="$HOST:$RELAY_PORT" \
+    start relay "$BIN" --workers 1 "$REPO/examples/aiproxy/gateway.lua"
+wait_listen upstream "$UPSTREAM_PORT" 10
+wait_listen nginx-s3 "$NGINX_S3_PORT" 10
+wait_listen mock "$MOCK_PORT" 15
+wait_listen relay "$RELAY_PORT" 15
+sleep 0.5
+
+declare -A PROCINFO=()
+for name in "${STARTED[@]}"; do
+    PROCINFO[$name]=$("$PY" "$HERE/tools/proctree.py" "${PID[$name]}")
+    log "$name: ${PROCINFO[$name]}"
+    [[ "${PROCINFO[$name]}" == *" cpus=$SERVER_CPU "* ]] || die "$name is not confined to cpu $SERVER_CPU"
+done
+
+# --- the AI proxy's data: group, token, channels, model config --------------------
+admin() {   # METHOD PATH [JSON] -> the answer; fails unless "success":true
+    local out
+    out=$(curl -sS --max-time 10 -X "$1" "http://$HOST:$RELAY_PORT$2" -H "Authorization: $ADMIN_KEY" \
+               -H 'Content-Type: application/json' ${3:+--data "$3"}) || return 1
+    case "$out" in *'"success":true'*) printf '%s\n' "$out" ;; *) printf '%s\n' "$out" >&2; return 1 ;; esac
+}
+for i in $(seq 1 100); do      # the schema is created just after start: retry a little
+    if out=$(admin POST /api/group/bench 2>&1); then break; fi
+    [ "$i" = 100 ] && die "creating the group failed: $out"
+    sleep 0.1
+done
+tok=$(admin POST /api/token/bench '{"name":"relay-bench"}') || die "creating the token failed"
+KEY=$(printf '%s' "$tok" | sed -n 's/.*"key":"\([A-Za-z0-9]*\)".*/\1/p')
+[ -n "$KEY" ] || die "no key in the token answer: $tok"
+admin POST /api/channel/ "{\"type\":\"openai\",\"name\":\"mock\",\"key\":\"$CHANNEL_KEY\",\"base_url\":\"http://$HOST:$MOCK_PORT\",\"models\":[\"$MODEL\"]}" >/dev/null \
+    || die "creating the mock channel failed"
+# The SSE measurement's channel: the same mock behind sse_latency.py's timestamping tap.
+admin POST /api/channel/ "{\"type\":\"openai\",\"name\":\"sse-tap\",\"key\":\"$CHANNEL_KEY\",\"base_url\":\"http://$HOST:$TAP_PORT\",\"models\":[\"$SSE_MODEL\"]}" >/dev/null \
+    || die "creating the SSE channel failed"
+admin POST "/api/model_config/$MODEL" '{"rpm":1000000000}' >/dev/null || die "creating the model config failed"
+log "group bench, token sk-${KEY:0:6}..., channels mock (:$MOCK_PORT) and sse-tap (:$TAP_PORT), $MODEL rpm 1e9"
+
+# --- checks before measuring ----------------------------------------------------------
+BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello there"}]}'
+post() {   # post PORT AUTH -> "CODE|BODY" (headers in tmp/headers)
+    local out
+    out=$(curl -s --max-time 10 -o tmp/body -D tmp/headers -w '%{http_code}' -H 'Content-Type: application/json' \
+               ${2:+-H "Authorization: $2"} --data "$BODY" "http://$HOST:$1/v1/chat/completions") || out=000
+    printf '%s|%s' "$out" "$(tr -d '\n' <tmp/body 2>/dev/null)"
+}
+expect() {   # expect LABEL ACTUAL GLOB
+    # shellcheck disable=SC2053
+    [[ "$2" == $3 ]] || die "check failed: $1: got '$2', want '$3'"
+}
+CHECK_RELAY=0
+for i in $(seq 1 50); do     # the channel list is cached for a moment: retry
+    r=$(post "$RELAY_PORT" "Bearer sk-$KEY"); CHECK_RELAY=$((CHECK_RELAY+1))
+    [[ "$r" == 200\|* ]] && break
+    sleep 0.2
+done
+expect "relay chat" "$r" '200|{*"object":"chat.completion"*}'
+expect "relay chat model" "$r" '*"model":"gpt-4o-mini"*'
+# The RPM check leaves its counter in Redis (the relay sends X-RateLimit-* headers only on a 429).
+rk=$(redis-cli -h "$HOST" -p "$REDIS_PORT" --scan --pattern "aiproxy:limit:bench:$MODEL:*:rpm" | head -n 1)
+[ -n "$rk" ] && [ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" get "$rk")" -ge 1 ] \
+    || die "check failed: no RPM counter aiproxy:limit:bench:$MODEL:*:rpm in Redis (RPM check not active?)"
+expect "relay no key" "$(post "$RELAY_PORT" "")" '401|{"error":*}'
+expect "relay bad key" "$(post "$RELAY_PORT" "Bearer sk-nope")" '401|{"error":*}'
+expect "nginx-s3 chat" "$(post "$NGINX_S3_PORT" "Bearer $NGINX_KEY")" '200|{"ok":true}'
+expect "nginx-s3 no key" "$(post "$NGINX_S3_PORT" "")" '401|{*}'
+expect "mock chat" "$(post "$MOCK_PORT" "Bearer $DIRECT_KEY")" '200|{*"object":"chat.completion"*}'
+expect "upstream" "$(post "$UPSTREAM_PORT" "")" '200|{"ok":true}'
+log "checks passed: relay (200, model $MODEL, RPM counter $rk in Redis, 401s), nginx-s3, mock, upstream"
+
+# --- load --------------------------------------------------------------------------------
+# Same guards as run-anchors.sh: wait (up to QUIET_TIMEOUT s) for one quiet second
+# before every measured run, and discard (at most RETRIES times) a run during which
+# processes NOT started here used more than FOREIGN_MAX % of a core:
+#   foreign = user+nice+system on both cores - wrk's CPU - CPU of all our processes.
+HZ=$(getconf CLK_TCK)
+cpu_snap() {   # "u0 b0 t0 u1 b1 t1": CLIENT_CPU, SERVER_CPU; u=user+nice+system, b=u+irq+softirq, t=all
+    awk -v a="cpu$CLIENT_CPU" -v b="cpu$SERVER_CPU" '
+        $1==a {ua=$2+$3+$4; ba=ua+$7+$8; ta=$2+$3+$4+$5+$6+$7+$8+$9}
+        $1==b {ub=$2+$3+$4; bb=ub+$7+$8; tb=$2+$3+$4+$5+$6+$7+$8+$9}
+        END {print ua, ba, ta, ub, bb, tb}' /proc/stat
+}
+COMPONENTS="relay mock redis postgres nginx-s3 upstream"
+proc_ticks() {   # "relay mock redis postgres nginx-s3 upstream" ticks, in that order
+    local args=() n
+    for n in $COMPONENTS; do args+=("$n=${PID[$n]}"); done
+    "$PY" "$HERE/relay/ticks.py" "${args[@]}" | tr ' ' '\n' | cut -d= -f2 | tr '\n' ' '
+}
+tcp_opens() {   # the machine's TCP active opens (connect() calls), /proc/net/snmp
+    awk '$1 == "Tcp:" { if (seen) print $6; seen = 1 }' /proc/net/snmp
+}
+times_ticks() {   # times_ticks FILE -> ticks of line 2 (children user+sys) of bash `times`
+    awk -v hz="$HZ" 'NR==2 { t=0; for (i=1;i<=2;i++) { split($i, m, /[ms]/); t += m[1]*60 + m[2] } printf "%d\n", t*hz + 0.5 }' "$1"
+}
+quiet_gate() {
+    local start=$SECONDS a b pct
+    while :; do
+        a=$(cpu_snap); sleep 1; b=$(cpu_snap)
+        pct=$(awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," ");split(b,y," ");
+              printf "%d", 100*((y[2]-x[2])+(y[5]-x[5]))/(y[3]-x[3])}')
+        [ "$pct" -le "$QUIET_MAX" ] && { [ $((SECONDS-start)) -gt 1 ] && log "quiet after $((SECONDS-start)) s"; return 0; }
+        if [ $((SECONDS-start)) -ge "$QUIET_TIMEOUT" ]; then
+            log "WARNING: machine not quiet (${pct}% of a core busy) after ${QUIET_TIMEOUT}s; measuring anyway"
+            NOT_QUIET=$((NOT_QUIET+1))
+            return 0
+        fi
+    done
+}
+NOT_QUIET=0
+declare -A CELL_PORT=([relay]=$RELAY_PORT [nginx-s3]=$NGINX_S3_PORT [mock]=$MOCK_PORT [upstream]=$UPSTREAM_PORT)
+declare -A CELL_AUTH=([relay]="Bearer sk-$KEY" [nginx-s3]="Bearer $NGINX_KEY" [mock]="Bearer $DIRECT_KEY" [upstream]="Bearer $DIRECT_KEY")
+declare -A SENT=()   # cell -> requests wrk completed against it (warm-ups and discarded tries included)
+wrk_run() {   # wrk_run CELL DURATION OUTFILE
+    taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$2" --latency -s "$HERE/relay/chat.lua" \
+        -H "Authorization: ${CELL_AUTH[$1]}" "http://$HOST:${CELL_PORT[$1]}/v1/chat/completions" >"$3" 2>&1 \
+        || die "wrk failed: $(cat "$3")"
+}
+wrk_count() {   # wrk_count CELL OUTFILE -> PARSED (wrkparse.py's line); no subshell, so SENT counts
+    PARSED=$("$PY" "$HERE/tools/wrkparse.py" "$2") || die "cannot parse $2"
+    local f
+    IFS=$'\t' read -r -a f <<<"$PARSED"
+    SENT[$1]=$(( ${SENT[$1]:-0} + f[3] ))
+    NON2XX=$(( NON2XX + f[4] )); SOCKERR=$(( SOCKERR + f[5] ))
+}
+NON2XX=0; SOCKERR=0
+PARSED=
+: >load.tsv
+bench() {   # bench REP CELL -> appends one line to load.tsv
+    local rep=$1 cell=$2 tag a b sa sb oa ob wa wb parsed row foreign attempt=0
+    tag="rep$rep-$cell"
+    if [ "$rep" = 1 ]; then
+        quiet_gate
+        log "$tag: warm-up $WARMUP on :${CELL_PORT[$cell]}"
+        wrk_run "$cell" "$WARMUP" "raw/$tag.warmup.txt"
+        wrk_count "$cell" "raw/$tag.warmup.txt"
+    fi
+    while :; do
+        attempt=$((attempt+1))
+        quiet_gate
+        sa=$(proc_ticks); oa=$(tcp_opens); times >tmp/times.a; a=$(cpu_snap)
+        wrk_run "$cell" "$DURATION" "raw/$tag.try$attempt.txt"
+        b=$(cpu_snap); times >tmp/times.b; ob=$(tcp_opens); sb=$(proc_ticks)
+        wrk_count "$cell" "raw/$tag.try$attempt.txt"; parsed=$PARSED
+        wa=$(times_ticks tmp/times.a); wb=$(times_ticks tmp/times.b)
+        # load.tsv: rep cell port rps p50 p99 total non2xx sockerr cpu0% cpu1% cpu1_ticks
+        #           relay mock redis postgres nginx-s3 upstream (ticks) foreign% tries new_connections
+        # new_connections: the machine's TCP active opens during the run minus wrk's CONNS,
+        # i.e. the connections the gateway opened to its upstream (or anyone else did).
+        row=$(awk -v rep="$rep" -v cell="$cell" -v port="${CELL_PORT[$cell]}" -v att="$attempt" \
+            -v opens="$(( ob - oa - CONNS ))" \
+            -v p="$parsed" -v a="$a" -v b="$b" -v sa="$sa" -v sb="$sb" -v wrk="$((wb-wa))" 'BEGIN {
+                split(p, w, "\t"); split(a, x, " "); split(b, y, " ");
+                n = split(sa, s0, " "); split(sb, s1, " ");
+                srv = 0; d = "";
+                for (i = 1; i <= n; i++) { v = s1[i] - s0[i]; srv += v; d = d "\t" v }
+                el = y[3]-x[3];
+                c0 = 100 * (y[2]-x[2]) / el; c1 = 100 * (y[5]-x[5]) / (y[6]-x[6]);
+                fo = 100 * ((y[1]-x[1]) + (y[4]-x[4]) - srv - wrk) / el; if (fo < 0) fo = 0;
+                printf "%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%d%s\t%.1f\t%d\t%d\n",
+                       fo, rep, cell, port, w[1], w[2], w[3], w[4], w[5], w[6], c0, c1, y[5]-x[5], d, fo, att, opens }')
+        foreign=${row%%$'\t'*}
+        row=${row#*$'\t'}
+        if awk -v f="$foreign" -v m="$FOREIGN_MAX" 'BEGIN{exit !(f > m)}' && [ "$attempt" -le "$RETRIES" ]; then
+            log "$tag: foreign CPU ${foreign}% of a core > ${FOREIGN_MAX}%: discarding attempt $attempt ($(cut -f4 <<<"$row") req/s)"
+            continue
+        fi
+        break
+    done
+    cp "raw/$tag.try$attempt.txt" "raw/$tag.txt"
+    printf '%s\n' "$row" >>load.tsv
+    log "$tag: $("$PY" "$HERE/relay/report.py" line "$HZ" <<<"$row")"
+}
+read -r -a CELL_LIST <<<"$CELLS"
+for rep in $(seq "$REPS"); do
+    n=${#CELL_LIST[@]}
+    for ((i=0; i<n; i++)); do bench "$rep" "${CELL_LIST[$(( (i + rep - 1) % n ))]}"; done
+done
+
+# --- after the load: errors, log rows in PostgreSQL, RPM scripts in Redis ------------------
+CHECKS=()
+# wrk's socket errors include "timeout": an answer slower than wrk's 2 s timeout (counted
+# as an error, left out of the latency figures). Reported, with the others, not hidden.
+TIMEOUTS=$(cat raw/*.warmup.txt raw/*.try*.txt | awk -F'timeout ' '/Socket errors:/ {n += $2} END {print n+0}')
+if [ "$NON2XX" = 0 ]; then
+    CHECKS+=("no non-2xx answer in any wrk run (warm-ups and discarded tries included)")
+else
+    CHECKS+=("FAILED: $NON2XX non-2xx answers in the wrk runs (see raw/)")
+fi
+if [ "$SOCKERR" != 0 ]; then
+    CHECKS+=("WARNING: $SOCKERR wrk socket errors, $TIMEOUTS of them timeouts (no answer within 2 s), see raw/")
+fi
+if [[ " $CELLS " == *" relay "* ]]; then
+    # wrk counts completed answers only: requests still in flight when a run ends are
+    # answered and logged by the relay too, so up to CONNS more rows per wrk run.
+    relay_runs=$(ls raw/*-relay.warmup.txt raw/*-relay.try*.txt 2>/dev/null | wc -l)
+    sent=$(( ${SENT[relay]:-0} + CHECK_RELAY ))
+    prev=-1; rows=0
+    for i in $(seq 1 30); do   # the log batch flushes every second: wait until the count is stable
+        sleep 1
+        rows=$("${PSQL[@]}" -c "SELECT count(*) FROM logs WHERE model = '$MODEL'") || die "psql failed"
+        [ "$rows" = "$prev" ] && break
+        prev=$rows
+    done
+    ok200=$("${PSQL[@]}" -c "SELECT count(*) FROM logs WHERE model = '$MODEL' AND code = 200")
+    codes=$("${PSQL[@]}" -c "SELECT string_agg(code || ':' || n, ' ') FROM (SELECT code, count(*) n FROM logs WHERE model = '$MODEL' GROUP BY code ORDER BY code) c")
+    upstream_reqs=$(curl -s "http://$HOST:$MOCK_PORT/mock/stats" | "$PY" -c "import json,sys; print(json.load(sys.stdin)['by_key'].get('$CHANNEL_KEY', 0))")
+    rpm_scripts=$(redis-cli -h "$HOST" -p "$REDIS_PORT" info commandstats | tr -d '\r' |
+        awk -F'[:=,]' '/^cmdstat_(evalsha|eval):/ {n += $3} END {print n+0}')
+    extra=$(( rows - sent )); max_extra=$(( CONNS * relay_runs ))
+    if [ "$rows" -ge "$sent" ] && [ "$extra" -le "$max_extra" ] && [ "$rows" = "$upstream_reqs" ] && [ "$rows" = "$ok200" ]; then
+        CHECKS+=("PostgreSQL log rows for $MODEL: $rows (codes $codes) = requests the mock received from the relay ($upstream_reqs); wrk + curl completed $sent, the $extra more were in flight when a wrk run stopped (at most $CONNS per run, $relay_runs runs)")
+    else
+        CHECKS+=("FAILED: PostgreSQL log rows for $MODEL: $rows (codes $codes), requests completed by wrk + curl: $sent, in flight at most $max_extra, mock received from the relay: $upstream_reqs")
+    fi
+    if [ "$rpm_scripts" -ge "$rows" ]; then
+        CHECKS+=("Redis ran $rpm_scripts EVAL/EVALSHA (the RPM check script) for $rows relayed requests")
+    else
+        CHECKS+=("FAILED: Redis ran only $rpm_scripts EVAL/EVALSHA for $rows relayed requests")
+    fi
+fi
+for c in "${CHECKS[@]}"; do log "$c"; done
+
+# --- SSE: the latency the relay adds per streamed chunk -----------------------------------
+SSE_JSON=""
+if [ "$SKIP_SSE" != 1 ]; then
+    quiet_gate
+    log "SSE: $SSE_STREAMS streams per path, $SSE_CHUNKS chunks, ${SSE_DELAY_MS} ms apart (+$SSE_WARMUP warm-up streams each)"
+    sa=$(proc_ticks); times >tmp/times.a; a=$(cpu_snap)
+    taskset -c "$CLIENT_CPU" "$PY" "$HERE/relay/sse_latency.py" --tap-port "$TAP_PORT" --mock-port "$MOCK_PORT" \
+        --tap-cpu "$SERVER_CPU" --relay-port "$RELAY_PORT" --key "sk-$KEY" --direct-key "$CHANNEL_KEY" --model "$SSE_MODEL" \
+        --chunks "$SSE_CHUNKS" --delay-ms "$SSE_DELAY_MS" --streams "$SSE_STREAMS" --warmup "$SSE_WARMUP" \
+        --json raw/sse.json --events raw/sse-events.tsv >raw/sse.txt 2>logs/sse.err \
+        || die "sse_latency.py failed: $(tail -n 20 logs/sse.err)"
+    b=$(cpu_snap); times >tmp/times.b; sb=$(proc_ticks)
+    wa=$(times_ticks tmp/times.a); wb=$(times_ticks tmp/times.b)
+    SSE_FOREIGN=$(awk -v a="$a" -v b="$b" -v sa="$sa" -v sb="$sb" -v cl="$((wb-wa))" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); n = split(sa, s0, " "); split(sb, s1, " "); srv = 0;
+        for (i = 1; i <= n; i++) srv += s1[i] - s0[i];
+        fo = 100 * ((y[1]-x[1]) + (y[4]-x[4]) - srv - cl) / (y[3]-x[3]); if (fo < 0) fo = 0; printf "%.1f", fo }')
+    SSE_JSON=raw/sse.json
+    log "SSE: $(head -c 600 raw/sse.txt) (foreign CPU ${SSE_FOREIGN}%)"
+fi
+
+# --- report ---------------------------------------------------------------------------------
+{
+    echo "## AI proxy relay vs nginx S3 -- $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo
+    echo "- machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
+    dirty=$(git -C "$REPO" status --porcelain -- src lua examples 2>/dev/null | wc -l)
+    echo "- moongate: work tree at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$([ "$dirty" = 0 ] || echo " + $dirty changed/untracked files under src/ lua/ examples/"); binary $BIN built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC') ($(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$(dirname "$BIN")/CMakeCache.txt" 2>/dev/null || echo '?')); the relay's access log (on in examples/aiproxy) goes to logs/relay.out"
+    echo "- nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), lua-nginx-module $(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null); PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'); Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"
+    echo "- $( (wrk -v 2>&1 || true) | head -1 | sed 's/ Copyright.*//'); wrk -t$THREADS -c$CONNS -d$DURATION --latency -s relay/chat.lua on cpu $CLIENT_CPU after a $WARMUP warm-up per cell; all servers on cpu $SERVER_CPU"
+    for name in "${STARTED[@]}"; do echo "- $name: ${PROCINFO[$name]} (at start)"; done
+    echo "- raw output: $RUN_DIR/raw"
+    [ "$NOT_QUIET" = 0 ] || echo "- WARNING: $NOT_QUIET time(s) the machine was not quiet within ${QUIET_TIMEOUT}s before a run"
+    echo
+    echo "Summary over $REPS interleaved repetitions (median, min–max). CPU columns: µs of CPU (user+sys) per request:"
+    echo
+    "$PY" "$HERE/relay/report.py" summary "$HZ" load.tsv
+    echo
+    echo "All repetitions:"
+    echo
+    "$PY" "$HERE/relay/report.py" all "$HZ" load.tsv
+    echo
+    echo "Checks after the load:"
+    echo
+    for c in "${CHECKS[@]}"; do echo "- $c"; done
+    if [ -n "$SSE_JSON" ]; then
+        echo
+        echo "SSE per-chunk latency (foreign CPU during the measurement: ${SSE_FOREIGN}% of a core):"
+        echo
+        cat raw/sse.txt
+    fi
+} | tee results.md
+log "report saved to $RUN_DIR/results.md"
+for c in "${CHECKS[@]}"; do [[ "$c" != FAILED* ]] || die "a check failed: $c"; done
