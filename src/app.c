@@ -88,6 +88,8 @@ mg_app *mg_app_load(const mg_load_opts *o, mg_worker *w, char *err, size_t errle
   lua_setfield(L, -2, "worker_id");
   lua_pushstring(L, o->home);
   lua_setfield(L, -2, "home");
+  lua_pushstring(L, dir);
+  lua_setfield(L, -2, "config_dir");
   if (lua_pcall(L, 2, 1, 0) != 0) goto lua_fail;
   int t = lua_gettop(L);
   lua_getfield(L, t, "settings");
@@ -112,6 +114,9 @@ static void timer_close_cb(uv_handle_t *h) { free(h); }
 void mg_app_free(mg_app *app) {
   if (!app) return;
   mg_timers_stop(app);
+  /* Lua's last word (timer.on_close), while everything is still in place:
+   * e.g. moongate.batch writes its unsent rows to its spool here. */
+  if (app->L) mg_app_run_close_hooks(app);
   mg_redis_free(app->redis);           /* before the coroutines they point to */
   app->redis = NULL;
   mg_pg_free(app->pg);

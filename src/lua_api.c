@@ -12,9 +12,12 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <lua-cjson.h>
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* The value a pooled coroutine yields when its request is done. */
 char mg_done_key;
@@ -349,6 +352,59 @@ static int l_method_bit(lua_State *L) {
   return 1;
 }
 
+/* ---- files (lua/moongate/batch.lua's spool) ------------------------------ */
+
+/* core.listdir(path) -> { names } (without "." and ".."), or nil, err. */
+static int l_listdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  DIR *d = opendir(path);
+  if (!d) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    return 2;
+  }
+  lua_newtable(L);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    lua_pushstring(L, e->d_name);
+    lua_rawseti(L, -2, ++n);
+  }
+  closedir(d);
+  return 1;
+}
+
+/* core.mkdir(path [, mode]) -> true, or nil, err: creates the directory and
+ * its missing parents (mkdir -p); an existing directory is fine. */
+static int l_mkdir(lua_State *L) {
+  size_t len;
+  const char *path = luaL_checklstring(L, 1, &len);
+  mode_t mode = (mode_t)luaL_optinteger(L, 2, 0700);
+  if (len == 0 || len >= 4096) luaL_argerror(L, 1, "bad path");
+  char buf[4096];
+  memcpy(buf, path, len + 1);
+  for (size_t i = 1; i <= len; i++) {
+    if (buf[i] != '/' && buf[i] != '\0') continue;
+    char c = buf[i];
+    buf[i] = '\0';
+    if (mkdir(buf, mode) != 0 && errno != EEXIST) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "%s: %s", buf, strerror(errno));
+      return 2;
+    }
+    buf[i] = c;
+  }
+  struct stat st;
+  if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: not a directory", path);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 int mg_luaopen_core(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"req_header", l_req_header}, {"req_headers", l_req_headers},
@@ -360,6 +416,7 @@ int mg_luaopen_core(lua_State *L) {
     {"sleep", l_sleep}, {"log", l_log}, {"now", l_now},
     {"parse_size", l_parse_size}, {"parse_duration", l_parse_duration},
     {"parse_listen", l_parse_listen}, {"method_bit", l_method_bit},
+    {"listdir", l_listdir}, {"mkdir", l_mkdir},
     {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);

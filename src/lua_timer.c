@@ -51,7 +51,7 @@ static int l_timer(lua_State *L) {
   double every = luaL_optnumber(L, 3, 0);
   if (delay < 0 || every < 0) luaL_error(L, "timer: delays must not be negative");
   mg_app *app = lua_touserdata(L, lua_upvalueindex(1));
-  if (!app || !app->w) { lua_pushboolean(L, 0); return 1; }
+  if (!app || !app->w || app->closing) { lua_pushboolean(L, 0); return 1; }
   mg_ltimer *lt = mg_xcalloc(1, sizeof *lt);
   lt->app = app;
   lua_pushvalue(L, 2);
@@ -78,6 +78,32 @@ void mg_timers_stop(mg_app *app) {
     uv_close((uv_handle_t *)&lt->handle, timer_closed);
     lt = next;
   }
+}
+
+/* Close hooks: lua/moongate/timer.lua keeps the functions registered with
+ * timer.on_close and exposes _run_close_hooks, which calls each one in a
+ * protected call and logs its error. Here, on the main Lua thread: nothing
+ * may wait (sleep, fetch, pg and redis raise "not inside a request or
+ * timer"), no new timer starts. A failure of the runner itself is logged. */
+void mg_app_run_close_hooks(mg_app *app) {
+  lua_State *L = app->L;
+  app->closing = 1;
+  int top = lua_gettop(L);
+  lua_getglobal(L, "package");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "loaded");
+    if (lua_istable(L, -1)) {
+      lua_getfield(L, -1, "moongate.timer");
+      if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "_run_close_hooks");
+        if (lua_isfunction(L, -1) && lua_pcall(L, 0, 0, 0) != 0) {
+          mg_log(MG_LOG_ERROR, NULL, "close hooks: %s",
+                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "(error without a message)");
+        }
+      }
+    }
+  }
+  lua_settop(L, top);
 }
 
 /* core.timer needs to know its generation: registered with it as upvalue. */

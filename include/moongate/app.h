@@ -56,6 +56,7 @@ typedef struct mg_app {
   mg_coctx *free_co;
   mg_coctx *all_co;          /* every coroutine context, for teardown */
   int freeing;
+  int closing;              /* close hooks are running: no new timers */
   int inflight;             /* coroutines currently serving a request */
   int retired;              /* replaced by a newer generation */
   struct mg_app *next_retired;
@@ -86,6 +87,9 @@ void mg_lua_open_pg(struct lua_State *L);
 
 /* lua_timer.c */
 void mg_lua_open_timer(struct lua_State *L, mg_app *app);
+/* Runs the Lua close hooks (timer.on_close) of a generation that is being
+ * freed: synchronous, errors logged. Called by mg_app_free before lua_close. */
+void mg_app_run_close_hooks(mg_app *app);
 void mg_timers_stop(mg_app *app);
 void mg_timer_run_ended(mg_coctx *cx);
 

@@ -261,9 +261,14 @@ local function load_route(ctx, r, i, global_chain)
   }
 end
 
--- Loads and checks the config at `path`. overrides: { port, workers, home }.
+-- Loads and checks the config at `path`. overrides: { port, workers, home,
+-- worker_id, config_dir }.
 function M.load(path, overrides)
   overrides = overrides or {}
+  -- What runtime modules may want while the config loads (moongate.batch:
+  -- the default spool directory, the worker in file names).
+  M.dir = overrides.config_dir or dirname(path)
+  M.worker_id = overrides.worker_id
   local chunk, err = loadfile(path)
   if not chunk then error(err, 0) end
   local ok, conf = pcall(chunk)

@@ -8,9 +8,40 @@
 -- stops them and the new configuration starts its own. Errors are logged.
 -- Returns true, or false while the config is only being checked (-t, or the
 -- main process validating a reload), where no timer runs.
+--
+-- Close hooks: synchronous cleanup when a configuration generation ends.
+--   timer.on_close(function() ... end)
+-- runs fn() once, in this Lua state, right before the state is closed: after
+-- a reload (SIGHUP) when the old generation's last in-flight request has
+-- ended (its timers already stopped at the reload), on a graceful stop
+-- (SIGTERM/SIGINT) once requests are done or shutdown_timeout passed, and
+-- when a config check (-t, reload validation) closes its state. Hooks run in
+-- registration order. A hook must not wait: sleep, fetch, pg and redis raise
+-- there (plain blocking io on local files is fine, and is the point: e.g.
+-- moongate.batch writes its unsent rows to its spool). A hook that raises is
+-- logged and the others still run. Timer runs that were parked when the
+-- state closes are never resumed.
 local core = require "moongate.core"
 
 local M = {}
+
+local close_hooks = {}
+
+function M.on_close(fn)
+  assert(type(fn) == "function", "timer.on_close: expected a function")
+  close_hooks[#close_hooks + 1] = fn
+  return true
+end
+
+-- Called by the C side (src/lua_timer.c, mg_app_run_close_hooks) once.
+function M._run_close_hooks()
+  local hooks = close_hooks
+  close_hooks = {}
+  for i = 1, #hooks do
+    local ok, err = xpcall(hooks[i], debug.traceback)
+    if not ok then core.log("error", "on_close hook: " .. tostring(err)) end
+  end
+end
 
 function M.every(seconds, fn)
   assert(type(seconds) == "number" and seconds > 0, "timer.every: seconds must be a positive number")

@@ -90,3 +90,44 @@ def test_active_health_check_takes_a_target_out_and_back(gateway, tmp_path):
     requests.post(b.url("/flip"))
     time.sleep(0.5 * SLOW)
     assert set(spread()) == {"a", "b"}
+
+
+def test_close_hooks_run_when_a_generation_ends_and_their_errors_are_logged(gateway, tmp_path):
+    """timer.on_close: run synchronously when a generation's Lua state is
+    closed (after a reload, at stop, and for config checks); a hook that
+    raises or tries to wait is logged and the others still run."""
+    hook_log = tmp_path / "hooks.log"
+    cfg = """
+    local timer = require "moongate.timer"
+    local core = require "moongate.core"
+    local gen = core.random_hex(8)
+    timer.on_close(function() error("hook boom") end)
+    timer.on_close(function() core.sleep(0.1) end)
+    timer.on_close(function()
+      local f = assert(io.open(os.getenv("HOOK_LOG"), "a"))
+      f:write(gen, "\\n")
+      f:close()
+    end)
+    return { listen = "127.0.0.1:8080",
+             routes = { { "GET", "/gen", function() return 200, { gen = gen } end } } }
+    """
+    g = gateway(cfg, env={"HOOK_LOG": str(hook_log)})
+    first = requests.get(g.url("/gen")).json()["gen"]
+    g.reload()
+
+    def switched():
+        return requests.get(g.url("/gen")).json()["gen"] != first
+    deadline = time.time() + 5 * SLOW
+    while not switched():
+        assert time.time() < deadline, "reload did not switch generations"
+        time.sleep(0.05)
+    second = requests.get(g.url("/gen")).json()["gen"]
+    deadline = time.time() + 5 * SLOW
+    while first not in (hook_log.read_text() if hook_log.exists() else ""):
+        assert time.time() < deadline, "the old generation's close hook did not run"
+        time.sleep(0.05)
+    msgs = [l["msg"] for l in g.error_log()]
+    assert any("on_close hook" in m and "hook boom" in m for m in msgs), msgs
+    assert any("on_close hook" in m and "not inside a request or timer" in m for m in msgs), msgs
+    assert g.stop() == 0
+    assert second in hook_log.read_text()
