@@ -116,7 +116,10 @@ void mg_app_free(mg_app *app) {
   mg_timers_stop(app);
   /* Lua's last word (timer.on_close), while everything is still in place:
    * e.g. moongate.batch writes its unsent rows to its spool here. */
-  if (app->L) mg_app_run_close_hooks(app);
+  if (app->L) {
+    app->closing = 1;                  /* no new timers from here on */
+    mg_app_run_hooks(app, "_run_close_hooks");
+  }
   mg_redis_free(app->redis);           /* before the coroutines they point to */
   app->redis = NULL;
   mg_pg_free(app->pg);

@@ -51,7 +51,7 @@ static int l_timer(lua_State *L) {
   double every = luaL_optnumber(L, 3, 0);
   if (delay < 0 || every < 0) luaL_error(L, "timer: delays must not be negative");
   mg_app *app = lua_touserdata(L, lua_upvalueindex(1));
-  if (!app || !app->w || app->closing) { lua_pushboolean(L, 0); return 1; }
+  if (!app || !app->w || app->closing || app->retired) { lua_pushboolean(L, 0); return 1; }
   mg_ltimer *lt = mg_xcalloc(1, sizeof *lt);
   lt->app = app;
   lua_pushvalue(L, 2);
@@ -80,14 +80,14 @@ void mg_timers_stop(mg_app *app) {
   }
 }
 
-/* Close hooks: lua/moongate/timer.lua keeps the functions registered with
- * timer.on_close and exposes _run_close_hooks, which calls each one in a
- * protected call and logs its error. Here, on the main Lua thread: nothing
- * may wait (sleep, fetch, pg and redis raise "not inside a request or
- * timer"), no new timer starts. A failure of the runner itself is logged. */
-void mg_app_run_close_hooks(mg_app *app) {
+/* Hooks: lua/moongate/timer.lua keeps the functions registered with
+ * timer.on_close / timer.on_retire and exposes _run_close_hooks /
+ * _run_retire_hooks, which call each one in a protected call and log its
+ * error. They run here on the main Lua thread, where nothing may wait
+ * (sleep, fetch, pg and redis raise "not inside a request or timer"). A
+ * failure of the runner itself is logged. */
+void mg_app_run_hooks(mg_app *app, const char *runner) {
   lua_State *L = app->L;
-  app->closing = 1;
   int top = lua_gettop(L);
   lua_getglobal(L, "package");
   if (lua_istable(L, -1)) {
@@ -95,9 +95,9 @@ void mg_app_run_close_hooks(mg_app *app) {
     if (lua_istable(L, -1)) {
       lua_getfield(L, -1, "moongate.timer");
       if (lua_istable(L, -1)) {
-        lua_getfield(L, -1, "_run_close_hooks");
+        lua_getfield(L, -1, runner);
         if (lua_isfunction(L, -1) && lua_pcall(L, 0, 0, 0) != 0) {
-          mg_log(MG_LOG_ERROR, NULL, "close hooks: %s",
+          mg_log(MG_LOG_ERROR, NULL, "%s: %s", runner,
                  lua_isstring(L, -1) ? lua_tostring(L, -1) : "(error without a message)");
         }
       }

@@ -225,6 +225,7 @@ static void worker_reload(mg_worker *w) {
   w->app = app;
   old->retired = 1;
   mg_timers_stop(old);                 /* the new generation runs its own */
+  if (old->inflight > 0) mg_app_run_hooks(old, "_run_retire_hooks");
   if (old->inflight == 0) {
     old->freeing = 1;
     mg_app_free(old);

@@ -87,9 +87,11 @@ void mg_lua_open_pg(struct lua_State *L);
 
 /* lua_timer.c */
 void mg_lua_open_timer(struct lua_State *L, mg_app *app);
-/* Runs the Lua close hooks (timer.on_close) of a generation that is being
- * freed: synchronous, errors logged. Called by mg_app_free before lua_close. */
-void mg_app_run_close_hooks(mg_app *app);
+/* Runs a generation's Lua hooks, synchronously, errors logged:
+ * "_run_close_hooks" (timer.on_close) from mg_app_free before lua_close,
+ * "_run_retire_hooks" (timer.on_retire) when a reload retires a generation
+ * that still has requests in flight. */
+void mg_app_run_hooks(mg_app *app, const char *runner);
 void mg_timers_stop(mg_app *app);
 void mg_timer_run_ended(mg_coctx *cx);
 

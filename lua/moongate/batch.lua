@@ -49,8 +49,12 @@
 --   * reload (SIGHUP) and graceful stop (SIGTERM/SIGINT): when the old
 --     generation's Lua state closes, a close hook (timer.on_close) writes its
 --     rows in memory -- and those of a flush that was interrupted -- to the
---     spool, synchronously, without waiting on the database. The new
---     generation, or the next process, picks the files up and replays them.
+--     spool, synchronously, without waiting on the database, and releases
+--     the files it was replaying. The new generation, or the next process,
+--     picks the files up and replays them. A generation a reload retires
+--     while requests are still in flight on it hands its backlog over at
+--     once (timer.on_retire); rows those requests push later follow when its
+--     state closes.
 --   * spool files left by other generations, by a process that crashed or by
 --     a restart with fewer workers are claimed by whichever worker sees them
 --     first (a scan of spool_dir every second): an atomic rename to a name
@@ -482,9 +486,11 @@ function Q:_run()
       if r == "idle" then return true end
       if r == "fail" then return nil, b end
       if not b.file then taken = taken + b.n end
+      if self.retired then return nil, "retired" end
     end
   end)
   self.busy = false
+  if self.retired and not self.closed then self:_handover() end
   self.next_at = started + self.interval
   if not ok then                                   -- a bug here, not in flush
     log(self, "error", "internal error: " .. tostring(res))
@@ -494,7 +500,7 @@ function Q:_run()
 end
 
 function Q:_tick()
-  if self.busy or self.closed then return end
+  if self.busy or self.closed or self.retired then return end
   local t = now()
   if t >= self.scan_at then
     self.scan_at = t + SCAN_EVERY
@@ -508,12 +514,10 @@ function Q:_tick()
   end
 end
 
--- The close hook: everything not yet flushed goes to disk, ready for the
--- next generation or process. Never waits.
-function Q:_close()
-  if self.closed then return end
-  self.closed = true
-  if not self.disk then return end
+-- Everything not yet flushed goes to disk, ready for the next generation or
+-- process: the batch in flight, memory, the file being written, the files
+-- being replayed. Never waits.
+function Q:_handover()
   local b = self.inflight
   self.inflight = nil
   if b and not b.file then self:_spool_batch(b) end
@@ -526,6 +530,21 @@ function Q:_close()
     if not ok then log(self, "error", "cannot release spool file: " .. tostring(err)) end
   end
   self.replay = {}
+end
+
+-- Close hook: the state is closing; a flush that is waiting never resumes.
+function Q:_close()
+  if self.closed then return end
+  self.closed = true
+  if self.disk then self:_handover() end
+end
+
+-- Retire hook (reload with requests in flight): the new generation takes
+-- over the backlog now; rows these requests still push stay in memory until
+-- the close hook. A flush that is running hands over when its call returns.
+function Q:_retire()
+  self.retired = true
+  if not self.busy and self.disk and not self.closed then self:_handover() end
 end
 
 -- ---- public API ------------------------------------------------------------
@@ -559,7 +578,8 @@ end
 
 function Q:flush_now()
   while self.busy do core.sleep(0.01) end    -- one flush at a time
-  if self.closed then return nil, "closed" end
+  if self.closed or self.retired then return nil, "retired" end
+  self.scan_at = 0                           -- also pick up files left by others now
   return self:_run()
 end
 
@@ -626,6 +646,7 @@ function M.new(o)
   q.active = timer.every(min(interval, 0.1), function() q:_tick() end)
   q.disk = q.active or core.timer == nil
   if q.active then
+    timer.on_retire(function() q:_retire() end)
     timer.on_close(function() q:_close() end)
     local ok, err = core.mkdir(q.dir)
     if not ok then log(q, "error", "cannot create the spool directory: " .. tostring(err)) end

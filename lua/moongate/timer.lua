@@ -21,6 +21,13 @@
 -- moongate.batch writes its unsent rows to its spool). A hook that raises is
 -- logged and the others still run. Timer runs that were parked when the
 -- state closes are never resumed.
+--
+--   timer.on_retire(function() ... end)
+-- runs fn() once when a reload replaces this generation while requests are
+-- still in flight on it (its timers have just stopped; its close hooks run
+-- later, when the last of those requests ends). Same rules as on_close: no
+-- waiting, errors logged. A generation with nothing in flight at the reload
+-- goes straight to its close hooks.
 local core = require "moongate.core"
 
 local M = {}
@@ -33,14 +40,32 @@ function M.on_close(fn)
   return true
 end
 
--- Called by the C side (src/lua_timer.c, mg_app_run_close_hooks) once.
-function M._run_close_hooks()
-  local hooks = close_hooks
-  close_hooks = {}
+local retire_hooks = {}
+
+function M.on_retire(fn)
+  assert(type(fn) == "function", "timer.on_retire: expected a function")
+  retire_hooks[#retire_hooks + 1] = fn
+  return true
+end
+
+local function run(hooks, what)
   for i = 1, #hooks do
     local ok, err = xpcall(hooks[i], debug.traceback)
-    if not ok then core.log("error", "on_close hook: " .. tostring(err)) end
+    if not ok then core.log("error", what .. " hook: " .. tostring(err)) end
   end
+end
+
+-- Called by the C side (src/lua_timer.c, mg_app_run_hooks), once each.
+function M._run_retire_hooks()
+  local hooks = retire_hooks
+  retire_hooks = {}
+  run(hooks, "on_retire")
+end
+
+function M._run_close_hooks()
+  local hooks = close_hooks
+  close_hooks, retire_hooks = {}, {}
+  run(hooks, "on_close")
 end
 
 function M.every(seconds, fn)

@@ -160,6 +160,37 @@ def test_rows_pushed_before_a_reload_arrive(gateway, pg, table, tmp_path):
     assert wait_until(lambda: spool_files(spool) == [], 5), spool_files(spool)
 
 
+SLOW_ROUTE = """{ "POST", "/slow", function(req)
+            q:push({ id = req.id .. "-a", stream = stream .. "-slow", seq = 1 })
+            core.sleep(tonumber(req.query.s))
+            q:push({ id = req.id .. "-b", stream = stream .. "-slow", seq = 2 })
+            return 200, { id = req.id }
+          end },
+        { "GET", "/stats\""""
+
+
+def test_reload_with_a_request_in_flight_hands_the_rows_over_at_once(gateway, pg, table, tmp_path):
+    """The old generation stays alive for its slow request; its rows do not
+    wait for that request to end (retire hook), and the row that request
+    pushes afterwards arrives when it ends (close hook)."""
+    spool = str(tmp_path / "spool")
+    cfg = app(pg, spool, interval=30, max_rows=1000).replace('{ "GET", "/stats"', SLOW_ROUTE)
+    g = gateway(cfg, workers=1)
+    slow = {}
+    t = threading.Thread(target=lambda: slow.update(
+        requests.post(g.url("/slow?s=%d" % (4 * SLOW))).json()))
+    t.start()
+    time.sleep(0.3)
+    sent = push(g, 20)
+    g.reload()
+    assert wait_until(lambda: count(pg) == 21, 3), count(pg)     # before the slow request ends
+    assert t.is_alive()
+    t.join()
+    assert wait_until(lambda: count(pg) == 22, 10), count(pg)
+    got = {r[1] for r in rows(pg)}
+    assert got == {s["id"] for s in sent} | {slow["id"] + "-a", slow["id"] + "-b"}
+
+
 def test_graceful_stop_while_the_database_is_down_spools_then_replays(gateway, pg, table, tmp_path):
     spool = str(tmp_path / "spool")
     pg.stop()

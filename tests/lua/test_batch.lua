@@ -194,6 +194,30 @@ test("close hook during a flush: the batch in flight is spooled too (at-least-on
   rmdir(dir)
 end)
 
+test("retire hook: the backlog is handed over at once, later rows at close", function()
+  local dir = tmpdir()
+  local s = sink()
+  local q = batch.new{ name = "retire", flush = s.flush, spool_dir = dir }
+  s.down = true
+  q:push({ n = 1 })
+  eq(q:flush_now(), nil)                        -- 1 in the spool
+  q:push({ n = 2 })                             -- 2 in memory
+  q:_retire()
+  eq(#files(dir), 1)
+  eq(q:stats().pending, 0)
+  eq(q:flush_now(), nil)                        -- a retired queue no longer flushes
+  q:push({ n = 3 })                             -- a request still in flight
+  local s2 = sink()
+  local q2 = batch.new{ name = "retire", flush = s2.flush, spool_dir = dir }
+  eq(q2:flush_now(), true)
+  eq(s2.got, { 1, 2 })
+  q:_close()
+  eq(q2:flush_now(), true)
+  eq(s2.got, { 1, 2, 3 })
+  eq(files(dir), {})
+  rmdir(dir)
+end)
+
 test("files of a dead process are claimed; other names and live owners are left alone", function()
   local dir = tmpdir()
   local function write(name, lines)
