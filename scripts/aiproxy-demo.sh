@@ -192,7 +192,8 @@ pids="$pids $mock_pid"
 wait_started "$mock_pid" "$logs/mock-openai.log" "the mock provider"
 say "mock OpenAI provider on http://127.0.0.1:$mock_port (pid $mock_pid)"
 
-"$BIN" --port "$port" examples/aiproxy/gateway.lua \
+# log rows PostgreSQL did not take yet (moongate.batch spool) stay with the demo's data
+AIPROXY_SPOOL_DIR=${AIPROXY_SPOOL_DIR:-$data/spool} "$BIN" --port "$port" examples/aiproxy/gateway.lua \
   >"$logs/aiproxy.access.log" 2>"$logs/aiproxy.log" </dev/null &
 proxy_pid=$!
 pids="$pids $proxy_pid"

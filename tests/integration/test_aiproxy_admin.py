@@ -31,6 +31,8 @@ class App:
         self.err_path = os.path.join(tmp, "aiproxy-%d.err" % self.port)
         e = dict(os.environ)
         e.pop("AIPROXY_TEST_FAIL_CASCADE", None)
+        # unflushed log rows spooled at stop stay with this test, not examples/aiproxy/spool
+        e["MOONGATE_SPOOL_DIR"] = os.path.join(tmp, "spool-%d" % self.port)
         e.update(env)
         self.proc = subprocess.Popen([BIN, "--port", str(self.port), "--workers", str(workers), APP],
                                      stdout=subprocess.DEVNULL, stderr=open(self.err_path, "wb"),
