@@ -1,4 +1,6 @@
-/* libcurl multi-socket on the worker's libuv loop. See include/moongate/fetch.h.
+/* Transfers: the engine dispatcher, the ready queue, and the libcurl engine
+ * (multi-socket on the worker's libuv loop). See include/moongate/fetch.h;
+ * the native engine is h1client.c.
  *
  * curl tells us which sockets to watch (socket_cb) and when to call it back
  * (timer_cb); libuv tells us when a socket is ready. Every path into curl
@@ -6,13 +8,16 @@
  * coroutines whose transfer has something for them. */
 #include "moongate/fetch.h"
 #include "moongate/app.h"
+#include "moongate/h1client.h"
 #include "moongate/log.h"
 #include "moongate/worker.h"
 
 #include <lua.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 typedef struct curl_sock {
@@ -24,8 +29,11 @@ typedef struct curl_sock {
 static void after_curl(mg_worker *w);
 static void idle_cb(uv_idle_t *h);
 
-static void mark_ready(mg_fetch *f) {
+void mg_fetch_notify(mg_fetch *f) {
   if (f->ready || !f->waiter) return;
+  int news = f->done || (f->wait == MG_FETCH_WAIT_HEAD && f->head_done) ||
+             (f->wait == MG_FETCH_WAIT_BODY && f->body.len > f->body_off);
+  if (!news) return;
   mg_worker *w = f->w;
   f->ready = 1;
   f->next_ready = w->fetch_ready;
@@ -111,6 +119,8 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp) {
   return 0;
 }
 
+/* The ready queue is also run from here for transfers that ended outside
+ * an engine callback (mg_fetch_abort). */
 static void idle_cb(uv_idle_t *h) {
   uv_idle_stop(h);
   after_curl(h->data);
@@ -132,7 +142,7 @@ static size_t header_cb(char *data, size_t size, size_t n, void *ud) {
   if (len <= 2 && (data[0] == '\r' || data[0] == '\n')) {
     if (f->status >= 200) {                  /* 1xx heads are not final */
       f->head_done = 1;
-      if (f->wait == MG_FETCH_WAIT_HEAD) mark_ready(f);
+      mg_fetch_notify(f);
     }
     return len;
   }
@@ -147,10 +157,14 @@ static size_t write_cb(char *data, size_t size, size_t n, void *ud) {
     f->paused = 1;                           /* the reader is behind: wait for it */
     return CURL_WRITEFUNC_PAUSE;
   }
+  mg_fetch_body_append(f, data, len);
+  return len;
+}
+
+void mg_fetch_body_append(mg_fetch *f, const char *data, size_t len) {
   if (f->body_off > 0 && f->body_off == f->body.len) { f->body.len = 0; f->body_off = 0; }
   mg_buf_append(&f->body, data, len);
-  if (f->wait == MG_FETCH_WAIT_BODY || (f->wait == MG_FETCH_WAIT_HEAD && f->head_done)) mark_ready(f);
-  return len;
+  mg_fetch_notify(f);
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */
@@ -168,6 +182,8 @@ int mg_fetch_init(mg_worker *w) {
   w->curl_timer.data = w;
   uv_idle_init(&w->loop, &w->fetch_idle);
   w->fetch_idle.data = w;
+  /* The native client keeps as many idle connections as curl's cache. */
+  w->h1pool = mg_h1_pool_new(w, w->fetch_pool_size);
   return 0;
 }
 
@@ -184,6 +200,8 @@ void mg_fetch_shutdown(mg_worker *w) {
     f->lua_owned = 0;                      /* their Lua states are gone */
     mg_fetch_cancel(f);
   }
+  mg_h1_pool_free(w->h1pool);             /* closes idle native connections */
+  w->h1pool = NULL;
   while (w->easy_pool_n > 0) curl_easy_cleanup(w->easy_pool[--w->easy_pool_n]);
   curl_multi_cleanup(w->curl_multi);      /* closes cached connections */
   w->curl_multi = NULL;
@@ -214,38 +232,114 @@ static void easy_put(mg_worker *w, CURL *easy) {
   }
 }
 
-mg_fetch *mg_fetch_new(mg_worker *w) {
+static mg_fetch *fetch_new(mg_worker *w) {
   mg_fetch *f = mg_xcalloc(1, sizeof *f);
   f->w = w;
-  f->easy = easy_get(w);
   f->max_buffer = 256 * 1024;
-  curl_easy_setopt(f->easy, CURLOPT_PRIVATE, f);
-  curl_easy_setopt(f->easy, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
-  curl_easy_setopt(f->easy, CURLOPT_CLOSESOCKETDATA, w);
-  curl_easy_setopt(f->easy, CURLOPT_HEADERFUNCTION, header_cb);
-  curl_easy_setopt(f->easy, CURLOPT_HEADERDATA, f);
-  curl_easy_setopt(f->easy, CURLOPT_WRITEFUNCTION, write_cb);
-  curl_easy_setopt(f->easy, CURLOPT_WRITEDATA, f);
-  curl_easy_setopt(f->easy, CURLOPT_ERRORBUFFER, f->errbuf);
-  curl_easy_setopt(f->easy, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(f->easy, CURLOPT_TCP_NODELAY, 1L);
-  curl_easy_setopt(f->easy, CURLOPT_TCP_KEEPALIVE, 1L);
-  /* We relay what the upstream sends: no decoding, no redirects. */
-  curl_easy_setopt(f->easy, CURLOPT_HTTP_CONTENT_DECODING, 0L);
-  curl_easy_setopt(f->easy, CURLOPT_HTTP_TRANSFER_DECODING, 1L);
-  curl_easy_setopt(f->easy, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(f->easy, CURLOPT_PROTOCOLS_STR, "http,https");
   f->next_all = w->fetch_all;
   if (w->fetch_all) w->fetch_all->prev_all = f;
   w->fetch_all = f;
   return f;
 }
 
-int mg_fetch_start(mg_fetch *f) {
-  if (f->req_headers) curl_easy_setopt(f->easy, CURLOPT_HTTPHEADER, f->req_headers);
-  if (curl_multi_add_handle(f->w->curl_multi, f->easy) != CURLM_OK) return -1;
+/* The curl engine: the options that reproduce what the Lua side asked for.
+ * curl adds none of its own headers that we do not override: Expect and
+ * Accept are blanked unless given. */
+static int curl_start(mg_fetch *f, const mg_fetch_spec *spec) {
+  mg_worker *w = f->w;
+  CURL *e = f->easy = easy_get(w);
+  if (!e) return -1;
+  curl_easy_setopt(e, CURLOPT_PRIVATE, f);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, w);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, f);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, f);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, f->errbuf);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  /* We relay what the upstream sends: no decoding, no redirects. */
+  curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
+  curl_easy_setopt(e, CURLOPT_HTTP_TRANSFER_DECODING, 1L);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+
+  char *url = mg_xmalloc(spec->url_len + 1);
+  memcpy(url, spec->url, spec->url_len);
+  url[spec->url_len] = '\0';
+  curl_easy_setopt(e, CURLOPT_URL, url);          /* curl copies it */
+  free(url);
+  if (spec->body) {
+    f->req_body_len = spec->body_len;
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, f->req_body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)spec->body_len);
+  }
+  if (strcmp(spec->method, "HEAD") == 0) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  else if (strcmp(spec->method, "GET") != 0 || spec->body)
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, spec->method);
+
+  int has_expect = 0, has_accept = 0;
+  char line[8192];
+  for (int i = 0; i < spec->nheaders; i++) {
+    const mg_fetch_line *h = &spec->headers[i];
+    if (h->len >= 7 && strncasecmp(h->p, "expect:", 7) == 0) has_expect = 1;
+    if (h->len >= 7 && strncasecmp(h->p, "accept:", 7) == 0) has_accept = 1;
+    if (h->len < sizeof line) {
+      memcpy(line, h->p, h->len);
+      line[h->len] = '\0';
+      f->req_headers = curl_slist_append(f->req_headers, line);
+    } else {
+      char *big = mg_xmalloc(h->len + 1);
+      memcpy(big, h->p, h->len);
+      big[h->len] = '\0';
+      f->req_headers = curl_slist_append(f->req_headers, big);
+      free(big);
+    }
+  }
+  if (!has_expect) f->req_headers = curl_slist_append(f->req_headers, "Expect:");
+  if (!has_accept) f->req_headers = curl_slist_append(f->req_headers, "Accept:");
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->req_headers);
+
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, spec->connect_timeout_ms);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, spec->timeout_ms);
+  if (spec->read_timeout_ms > 0) {
+    /* curl's idle-read guard: under 1 byte/s for N whole seconds. */
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (spec->read_timeout_ms + 999) / 1000);
+  }
+  if (!spec->verify_tls) {
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  if (curl_multi_add_handle(w->curl_multi, e) != CURLM_OK) return -1;
   f->running = 1;
   return 0;
+}
+
+mg_fetch *mg_fetch_start(mg_worker *w, const mg_fetch_spec *spec, char *err, size_t errlen) {
+  if (!w->curl_multi) {
+    snprintf(err, errlen, "outgoing HTTP is not available in this worker");
+    return NULL;
+  }
+  mg_fetch *f = fetch_new(w);
+  if (spec->body) {                 /* both engines send it from here */
+    f->req_body = mg_xmalloc(spec->body_len + 1);
+    memcpy(f->req_body, spec->body, spec->body_len);
+    f->req_body_len = spec->body_len;
+  }
+  int rc;
+  if (w->h1pool && mg_h1_accepts(spec)) rc = mg_h1_start(f, spec, err, errlen);
+  else {
+    rc = curl_start(f, spec);
+    if (rc != 0) snprintf(err, errlen, "could not start the transfer");
+  }
+  if (rc != 0) {
+    mg_fetch_free(f);
+    return NULL;
+  }
+  return f;
 }
 
 static void unready(mg_fetch *f) {
@@ -256,11 +350,19 @@ static void unready(mg_fetch *f) {
   f->ready = 0;
 }
 
+/* Stops whichever engine carries the transfer; it stays for info(). */
+static void engine_stop(mg_fetch *f) {
+  if (f->h1) mg_h1_stop(f);
+  else if (f->running) curl_multi_remove_handle(f->w->curl_multi, f->easy);
+  f->running = 0;
+}
+
 void mg_fetch_free(mg_fetch *f) {
   mg_worker *w = f->w;
   unready(f);
-  if (f->running) curl_multi_remove_handle(w->curl_multi, f->easy);
-  easy_put(w, f->easy);
+  engine_stop(f);
+  mg_h1_free(f);
+  if (f->easy) easy_put(w, f->easy);
   curl_slist_free_all(f->req_headers);
   free(f->req_body);
   mg_buf_free(&f->head);
@@ -272,30 +374,39 @@ void mg_fetch_free(mg_fetch *f) {
 }
 
 void mg_fetch_cancel(mg_fetch *f) {
-  if (f->running) {
-    curl_multi_remove_handle(f->w->curl_multi, f->easy);
-    f->running = 0;
-  }
+  engine_stop(f);
   f->waiter = NULL;
   unready(f);
-  if (!f->done) { f->done = 1; f->result = CURLE_ABORTED_BY_CALLBACK; }
+  if (!f->done) { f->done = 1; f->error = "closed"; }
   if (!f->lua_owned) mg_fetch_free(f);
 }
 
 void mg_fetch_abort(mg_fetch *f) {
-  if (f->running) {
-    curl_multi_remove_handle(f->w->curl_multi, f->easy);
-    f->running = 0;
-  }
+  engine_stop(f);
   if (!f->done) {
     f->done = 1;
-    f->result = CURLE_ABORTED_BY_CALLBACK;
+    f->error = "closed";
     snprintf(f->errbuf, sizeof f->errbuf, "the client closed the connection");
   }
-  mark_ready(f);
+  mg_fetch_notify(f);           /* resumed from the idle callback */
+}
+
+void mg_fetch_finish(mg_fetch *f, const char *error, const char *fmt, ...) {
+  if (f->done) return;
+  f->done = 1;
+  f->running = 0;
+  f->error = error;
+  if (error) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(f->errbuf, sizeof f->errbuf, fmt, ap);
+    va_end(ap);
+  }
+  mg_fetch_notify(f);
 }
 
 void mg_fetch_consumed(mg_fetch *f) {
+  if (f->h1) { mg_h1_consumed(f); return; }
   if (f->paused && f->running && f->body.len - f->body_off <= f->max_buffer / 2) {
     f->paused = 0;
     /* May deliver the held-back data through write_cb right here. */
@@ -303,8 +414,26 @@ void mg_fetch_consumed(mg_fetch *f) {
   }
 }
 
+void mg_fetch_get_info(mg_fetch *f, mg_fetch_info *out) {
+  if (f->h1) { mg_h1_info(f, out); return; }
+  curl_off_t connect = 0, first = 0, total = 0;
+  long conns = 0;
+  char *ip = NULL;
+  curl_easy_getinfo(f->easy, CURLINFO_CONNECT_TIME_T, &connect);
+  curl_easy_getinfo(f->easy, CURLINFO_STARTTRANSFER_TIME_T, &first);
+  curl_easy_getinfo(f->easy, CURLINFO_TOTAL_TIME_T, &total);
+  curl_easy_getinfo(f->easy, CURLINFO_NUM_CONNECTS, &conns);
+  curl_easy_getinfo(f->easy, CURLINFO_PRIMARY_IP, &ip);
+  out->connect_ms = (double)connect / 1000.0;
+  out->first_byte_ms = (double)first / 1000.0;
+  out->total_ms = (double)total / 1000.0;
+  out->ip = ip ? ip : "";
+  out->reused = conns == 0;
+}
+
 const char *mg_fetch_error_kind(CURLcode rc) {
   switch (rc) {
+    case CURLE_OK: return NULL;
     case CURLE_COULDNT_CONNECT: return "connect";
     case CURLE_ABORTED_BY_CALLBACK: return "closed";
     case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_RESOLVE_PROXY: return "dns";
@@ -318,21 +447,7 @@ const char *mg_fetch_error_kind(CURLcode rc) {
   }
 }
 
-/* Collects finished transfers, then resumes every coroutine with news. */
-static void after_curl(mg_worker *w) {
-  CURLMsg *msg;
-  int left;
-  while ((msg = curl_multi_info_read(w->curl_multi, &left))) {
-    if (msg->msg != CURLMSG_DONE) continue;
-    mg_fetch *f = NULL;
-    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&f);
-    f->result = msg->data.result;
-    f->done = 1;
-    f->running = 0;
-    curl_multi_remove_handle(w->curl_multi, f->easy);
-    if (f->waiter) mark_ready(f);
-    else if (!f->lua_owned) mg_fetch_free(f);
-  }
+void mg_fetch_run_ready(mg_worker *w) {
   while (w->fetch_ready) {
     mg_fetch *f = w->fetch_ready;
     w->fetch_ready = f->next_ready;
@@ -346,5 +461,31 @@ static void after_curl(mg_worker *w) {
     /* The Lua side (lua_fetch.c) reads the outcome from the transfer. */
     mg_coctx_resume(cx, 0);
   }
+  /* Nothing left for the idle callback: do not let it spin the loop once
+   * more with a zero poll timeout. */
+  if (!w->fetch_ready && uv_is_active((uv_handle_t *)&w->fetch_idle))
+    uv_idle_stop(&w->fetch_idle);
 }
 
+/* Collects finished curl transfers, then resumes every coroutine with news. */
+static void after_curl(mg_worker *w) {
+  CURLMsg *msg;
+  int left;
+  while (w->curl_multi && (msg = curl_multi_info_read(w->curl_multi, &left))) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    mg_fetch *f = NULL;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&f);
+    CURLcode rc = msg->data.result;
+    f->running = 0;
+    curl_multi_remove_handle(w->curl_multi, f->easy);
+    if (!f->done) {
+      f->done = 1;
+      f->error = mg_fetch_error_kind(rc);
+      if (f->error && !f->errbuf[0])
+        snprintf(f->errbuf, sizeof f->errbuf, "%s", curl_easy_strerror(rc));
+    }
+    if (f->waiter) mg_fetch_notify(f);
+    else if (!f->lua_owned) mg_fetch_free(f);
+  }
+  mg_fetch_run_ready(w);
+}

@@ -1,5 +1,7 @@
 /* The Lua face of fetch.c: `core.fetch(opts)` starts one transfer and
  * returns a handle; the handle's methods wait without blocking the worker.
+ * Which engine carries it (native HTTP/1.1 for http://, libcurl otherwise)
+ * is fetch.c's choice and invisible here.
  * lua/moongate/upstream.lua builds req:fetch() and req:proxy() on them.
  *
  *   h = core.fetch{ url =, method =, headers = { "Name: value", ... },
@@ -45,74 +47,56 @@ static int l_fetch(lua_State *L) {
   mg_coctx *cx = lua_getexdata(L);
   if (!cx || !cx->app->w) luaL_error(L, "fetch: not inside a request or timer");
   mg_worker *w = cx->app->w;   /* starting is fine anywhere; waiting is checked in park() */
+  mg_fetch_spec spec;
+  memset(&spec, 0, sizeof spec);
   lua_getfield(L, 1, "url");
-  const char *url = luaL_checkstring(L, -1);
-  if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+  spec.url = luaL_checklstring(L, -1, &spec.url_len);
+  if (strncmp(spec.url, "http://", 7) != 0 && strncmp(spec.url, "https://", 8) != 0)
     luaL_error(L, "fetch: url must start with http:// or https://");
-  mg_fetch *f = mg_fetch_new(w);
-  curl_easy_setopt(f->easy, CURLOPT_URL, url);
-  lua_pop(L, 1);
-
   lua_getfield(L, 1, "method");
-  const char *method = luaL_optstring(L, -1, "GET");
+  spec.method = luaL_optstring(L, -1, "GET");
   lua_getfield(L, 1, "body");
-  size_t blen = 0;
-  const char *body = lua_isstring(L, -1) ? lua_tolstring(L, -1, &blen) : NULL;
-  if (body) {
-    f->req_body = mg_xmalloc(blen + 1);
-    memcpy(f->req_body, body, blen);
-    f->req_body_len = blen;
-    curl_easy_setopt(f->easy, CURLOPT_POSTFIELDS, f->req_body);
-    curl_easy_setopt(f->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-  }
-  if (strcmp(method, "HEAD") == 0) curl_easy_setopt(f->easy, CURLOPT_NOBODY, 1L);
-  else if (strcmp(method, "GET") != 0 || body) curl_easy_setopt(f->easy, CURLOPT_CUSTOMREQUEST, method);
-  lua_pop(L, 2);
+  if (lua_isstring(L, -1)) spec.body = lua_tolstring(L, -1, &spec.body_len);
+  /* url, method and body stay on the stack (so their strings stay alive)
+   * until mg_fetch_start has copied them. */
 
-  /* Headers: a list of "Name: value" lines. curl adds none of its own that
-   * we do not override: Expect and Accept are blanked unless given. */
+  /* Headers: a list of "Name: value" lines, checked before anything starts. */
+  mg_fetch_line stack_lines[32], *lines = stack_lines;
   lua_getfield(L, 1, "headers");
-  int has_expect = 0, has_accept = 0;
   if (lua_istable(L, -1)) {
     int n = (int)lua_objlen(L, -1);
+    if (n > (int)(sizeof stack_lines / sizeof *stack_lines)) {
+      /* A userdata: collected with the call's stack, even if we raise. */
+      lines = lua_newuserdata(L, (size_t)n * sizeof *lines);
+      lua_insert(L, -2);
+    }
+    luaL_checkstack(L, n + 8, "fetch: too many headers");
+    int tbl = lua_gettop(L);
     for (int i = 1; i <= n; i++) {
-      lua_rawgeti(L, -1, i);
+      lua_rawgeti(L, tbl, i);   /* left on the stack: keeps a converted number alive */
       size_t hl;
       const char *h = lua_tolstring(L, -1, &hl);
-      if (!h || memchr(h, '\r', hl) || memchr(h, '\n', hl)) {
-        mg_fetch_free(f);
+      if (!h || memchr(h, '\r', hl) || memchr(h, '\n', hl))
         luaL_error(L, "fetch: headers[%d] must be a \"Name: value\" string without CR/LF", i);
-      }
-      if (strncasecmp(h, "expect:", 7) == 0) has_expect = 1;
-      if (strncasecmp(h, "accept:", 7) == 0) has_accept = 1;
-      f->req_headers = curl_slist_append(f->req_headers, h);
-      lua_pop(L, 1);
+      lines[spec.nheaders].p = h;
+      lines[spec.nheaders].len = hl;
+      spec.nheaders++;
     }
   }
-  lua_pop(L, 1);
-  if (!has_expect) f->req_headers = curl_slist_append(f->req_headers, "Expect:");
-  if (!has_accept) f->req_headers = curl_slist_append(f->req_headers, "Accept:");
-
-  curl_easy_setopt(f->easy, CURLOPT_CONNECTTIMEOUT_MS, opt_ms(L, 1, "connect_timeout", 5000));
-  curl_easy_setopt(f->easy, CURLOPT_TIMEOUT_MS, opt_ms(L, 1, "timeout", 60000));
-  long read_ms = opt_ms(L, 1, "read_timeout", 0);
-  if (read_ms > 0) {
-    /* curl's idle-read guard: under 1 byte/s for N whole seconds. */
-    curl_easy_setopt(f->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(f->easy, CURLOPT_LOW_SPEED_TIME, (read_ms + 999) / 1000);
-  }
+  spec.headers = lines;
+  spec.connect_timeout_ms = opt_ms(L, 1, "connect_timeout", 5000);
+  spec.timeout_ms = opt_ms(L, 1, "timeout", 60000);
+  spec.read_timeout_ms = opt_ms(L, 1, "read_timeout", 0);
   lua_getfield(L, 1, "verify");
-  if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
-    curl_easy_setopt(f->easy, CURLOPT_SSL_VERIFYPEER, 0L);
-    curl_easy_setopt(f->easy, CURLOPT_SSL_VERIFYHOST, 0L);
-  }
+  spec.verify_tls = !(lua_isboolean(L, -1) && !lua_toboolean(L, -1));
   lua_pop(L, 1);
 
-  if (mg_fetch_start(f) != 0) {
-    mg_fetch_free(f);
+  char err[256];
+  mg_fetch *f = mg_fetch_start(w, &spec, err, sizeof err);
+  if (!f) {
     lua_pushnil(L);
     lua_pushliteral(L, "error");
-    lua_pushliteral(L, "could not start the transfer");
+    lua_pushstring(L, err);
     return 3;
   }
   fetch_ud *u = lua_newuserdata(L, sizeof *u);
@@ -125,8 +109,8 @@ static int l_fetch(lua_State *L) {
 
 static int push_failure(lua_State *L, mg_fetch *f) {
   lua_pushnil(L);
-  lua_pushstring(L, mg_fetch_error_kind(f->result));
-  lua_pushstring(L, f->errbuf[0] ? f->errbuf : curl_easy_strerror(f->result));
+  lua_pushstring(L, f->error ? f->error : "error");
+  lua_pushstring(L, f->errbuf[0] ? f->errbuf : "upstream request failed");
   return 3;
 }
 
@@ -183,8 +167,8 @@ static int l_head(lua_State *L) {
     return 2;
   }
   if (f->done) {
-    if (f->result == CURLE_OK) {     /* ended without a final head */
-      f->result = CURLE_GOT_NOTHING;
+    if (!f->error) {                 /* ended without a final head */
+      f->error = "reset";
       snprintf(f->errbuf, sizeof f->errbuf, "no response head");
     }
     return push_failure(L, f);
@@ -202,7 +186,7 @@ static int l_read(lua_State *L) {
     return 1;
   }
   if (f->done) {
-    if (f->result != CURLE_OK) return push_failure(L, f);
+    if (f->error) return push_failure(L, f);
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -211,7 +195,7 @@ static int l_read(lua_State *L) {
 
 static int l_rest(lua_State *L) {
   mg_fetch *f = check_fetch(L);
-  if (!f->done || f->result != CURLE_OK) return 0;
+  if (!f->done || f->error) return 0;
   lua_pushlstring(L, f->body.data ? f->body.data + f->body_off : "", f->body.len - f->body_off);
   f->body.len = f->body_off = 0;
   return 1;
@@ -219,24 +203,18 @@ static int l_rest(lua_State *L) {
 
 static int l_info(lua_State *L) {
   mg_fetch *f = check_fetch(L);
-  curl_off_t connect = 0, first = 0, total = 0;
-  long conns = 0;
-  char *ip = NULL;
-  curl_easy_getinfo(f->easy, CURLINFO_CONNECT_TIME_T, &connect);
-  curl_easy_getinfo(f->easy, CURLINFO_STARTTRANSFER_TIME_T, &first);
-  curl_easy_getinfo(f->easy, CURLINFO_TOTAL_TIME_T, &total);
-  curl_easy_getinfo(f->easy, CURLINFO_NUM_CONNECTS, &conns);
-  curl_easy_getinfo(f->easy, CURLINFO_PRIMARY_IP, &ip);
+  mg_fetch_info info;
+  mg_fetch_get_info(f, &info);
   lua_createtable(L, 0, 5);
-  lua_pushnumber(L, (double)connect / 1000.0);
+  lua_pushnumber(L, info.connect_ms);
   lua_setfield(L, -2, "connect_ms");
-  lua_pushnumber(L, (double)first / 1000.0);
+  lua_pushnumber(L, info.first_byte_ms);
   lua_setfield(L, -2, "first_byte_ms");
-  lua_pushnumber(L, (double)total / 1000.0);
+  lua_pushnumber(L, info.total_ms);
   lua_setfield(L, -2, "total_ms");
-  lua_pushstring(L, ip ? ip : "");
+  lua_pushstring(L, info.ip);
   lua_setfield(L, -2, "ip");
-  lua_pushboolean(L, conns == 0);
+  lua_pushboolean(L, info.reused);
   lua_setfield(L, -2, "reused");
   return 1;
 }

@@ -5,6 +5,7 @@
  * entry got the same duration, so appending on (re)arm keeps the list sorted
  * by deadline and one periodic tick only looks at list heads. */
 #include "moongate/worker.h"
+#include "moongate/h1client.h"
 #include "moongate/log.h"
 
 #include <fcntl.h>
@@ -71,6 +72,7 @@ static void on_tick(uv_timer_t *t) {
       if (c->tl == l && !c->closing) c->tl = MG_TL_NONE;
     }
   }
+  mg_h1_tick(w);                         /* upstream timeouts, idle upstream connections */
   if (w->stopping) {
     if ((w->nconns == 0 && !apps_busy(w)) || now >= w->stop_deadline) finish_stop(w);
   }

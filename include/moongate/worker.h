@@ -35,7 +35,8 @@ struct mg_worker {
   mg_request *free_req;
   int nfree_req;
 
-  CURLM *curl_multi;              /* outgoing HTTP (fetch.c) */
+  struct mg_h1_pool *h1pool;      /* native HTTP/1.1 upstream connections (h1client.c) */
+  CURLM *curl_multi;              /* outgoing HTTP through libcurl (fetch.c) */
   uv_timer_t curl_timer;
   uv_idle_t fetch_idle;
   mg_fetch *fetch_ready, *fetch_all;
