@@ -749,7 +749,13 @@ int mg_h1_start(mg_fetch *f, const mg_fetch_spec *spec, char *err, size_t errlen
     char ch = u.host[i];
     x->key[k++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
   }
-  snprintf(x->key + k, sizeof x->key - k, ":%d", u.port);
+  /* ":port" without printf: this runs per request. */
+  char digits[8];
+  int nd = 0;
+  for (int port = u.port; port > 0; port /= 10) digits[nd++] = (char)('0' + port % 10);
+  x->key[k++] = ':';
+  while (nd > 0) x->key[k++] = digits[--nd];
+  x->key[k] = '\0';
   x->is_head = strcmp(spec->method, "HEAD") == 0;
   build_head(x, spec, &u);
   uint64_t now = now_ms(x->pool);
