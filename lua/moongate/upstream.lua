@@ -119,6 +119,11 @@ end
 -- tried). Returns nil when every target is down.
 function M:pick(tried, key)
   local now = core.now()
+  local targets = self.targets
+  if #targets == 1 then                      -- the common case, without a table
+    local t = targets[1]
+    return healthy(t, now) and t or nil
+  end
   local candidates = {}
   for _, t in ipairs(self.targets) do
     if healthy(t, now) and not tried[t] then candidates[#candidates + 1] = t end
@@ -254,6 +259,8 @@ local messages = {
 }
 M.messages = messages
 
+local NOTHING_TRIED = setmetatable({}, { __newindex = function() error("read-only", 2) end })
+
 -- One request through the upstream, with balancing and retries. `spec`:
 -- { method, path_and_query, headers (list of "Name: value"), body, key,
 --   timeout (ms), request_id, log_fields }.
@@ -261,11 +268,12 @@ M.messages = messages
 function M:request(spec)
   local attempts = 1 + self.retries
   if not (idempotent[spec.method] or self.retry_non_idempotent) then attempts = 1 end
-  local tried, last_kind, last_msg = {}, "unavailable", "every target is down"
+  local tried = attempts > 1 and {} or NOTHING_TRIED
+  local last_kind, last_msg = "unavailable", "every target is down"
   for attempt = 1, attempts do
     local t = self:pick(tried, spec.key)
     if not t then return nil, "unavailable", "every target of upstream " .. self.name .. " is down" end
-    tried[t] = true
+    if attempts > 1 then tried[t] = true end
     t.active = t.active + 1
     local h, kind, msg = core.fetch({
       url = t.url .. spec.path_and_query, method = spec.method, headers = spec.headers,
