@@ -48,7 +48,7 @@ end
 return {
   listen = listen,
   workers = "auto",
-  limits = { headers = "32k", body = "1m" },
+  limits = { headers = "32k", body = "16m" },    -- chat bodies carry images (base64)
   policy_paths = { "policies" },
   -- Admin answers use the seed's envelope {"success": false, "message": ...};
   -- the relay's routes replace it with OpenAI's error shape.

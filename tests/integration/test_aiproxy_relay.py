@@ -599,3 +599,24 @@ def test_postgres_stopped_and_restarted_under_load_loses_no_log_row(app, mock, p
     assert want <= set(got)
     tok = ok(app.get("/api/token/%s/%d" % (t["group"], t["id"])))
     assert tok["request_count"] == len(sent) + 4            # spending counted once per row
+
+
+def test_bad_bodies_get_openai_errors(app, mock):
+    m = uniq()
+    channel(app, mock.url(), [m])
+    t = token(app)
+    url = app.url("/v1/chat/completions")
+    oai_error(requests.post(url, data="[1, 2]", headers=bearer(t)), 400, "invalid_json")
+    oai_error(requests.post(url, data=json.dumps({"model": 42}), headers=bearer(t)), 400, "missing_model")
+    oai_error(requests.post(url, data="", headers=bearer(t)), 400, "invalid_json")
+    # over the 16 MiB body limit: 413 in OpenAI's shape, before any upstream work
+    big = b'{"model": "%s", "messages": [{"role": "user", "content": "' % m.encode() + b"x" * (17 << 20) + b'"}]}'
+    r = requests.post(url, data=big, headers=bearer(t))
+    oai_error(r, 413)
+    # a large body within the limit goes through byte for byte (model rewritten only)
+    body = {"model": m, "messages": [{"role": "user", "content": "y" * (2 << 20)}], "tools": [], "seed": 123456789012345}
+    r = requests.post(url, data=json.dumps(body), headers=bearer(t))
+    assert r.status_code == 200, r.text[:200]
+    last = mock.stats()["last"]["body"]
+    assert last["tools"] == [] and last["seed"] == 123456789012345
+    assert r.json()["usage"]["prompt_tokens"] == (2 << 20) // 4
