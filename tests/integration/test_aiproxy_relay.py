@@ -620,3 +620,13 @@ def test_bad_bodies_get_openai_errors(app, mock):
     last = mock.stats()["last"]["body"]
     assert last["tools"] == [] and last["seed"] == 123456789012345
     assert r.json()["usage"]["prompt_tokens"] == (2 << 20) // 4
+
+
+def test_a_channel_key_refused_upstream_is_not_shown_to_the_caller(app, mock):
+    m = uniq()
+    channel(app, mock.url(), [m], key="bad-key")
+    t = token(app)
+    e = oai_error(chat(app, t, m), 502, "upstream_error")
+    assert "bad-key" not in e["message"] and "credentials" in e["message"]
+    row = logs(app, model_name=m)[0]
+    assert row["code"] == 502 and row["content"]          # the provider's own words, for the operator

@@ -277,6 +277,10 @@ local function relay(req, ep)
         local s = res.status
         last = { status = (s == 429 or s >= 500) and s or 502, message = message, code = "upstream_error",
                  retry_after = res.headers["retry-after"] }
+        if s == 401 or s == 403 then     -- about the channel's key: not the caller's business
+          last.detail = message
+          last.message = "The upstream provider refused the channel's credentials (status " .. s .. ")."
+        end
         core.log("warn", string.format("aiproxy: channel %d (%s) answered %d for %s: %s",
                                        ch.id, ch.name, s, m, message))
       else
@@ -331,8 +335,9 @@ local function relay(req, ep)
       log(503, b.error.message)
       return s, b
     end
-    local headers = last.retry_after and { ["Retry-After"] = last.retry_after } or nil
-    return refuse(last.status, last.message, last.code, headers)
+    log(last.status, last.detail or last.message)
+    return openai.error(last.status, last.message, last.code,
+                        last.retry_after and { ["Retry-After"] = last.retry_after } or nil)
   end
 
   -- Usage and spending.
