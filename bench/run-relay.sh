@@ -207,8 +207,33 @@ LISTEN_ADDR="$HOST:$MOCK_PORT" start mock "$BIN" "$REPO/examples/mock-openai/gat
 ADMIN_KEY="$ADMIN_KEY" \
 SQL_DSN="postgres://postgres@$HOST:$PG_PORT/postgres?sslmode=disable&gssencmode=disable" \
 REDIS_CONN_STRING="redis://$HOST:$REDIS_PORT/0" \
+AIPROXY_SPOOL_DIR="$RUN_DIR/spool" \
 LISTEN_ADDR="$HOST:$RELAY_PORT" \
     start relay "$BIN" --workers 1 "$REPO/examples/aiproxy/gateway.lua"
+# The relay's log queue (moongate.batch) spills rows to a spool file on disk when
+# PostgreSQL falls behind (more than memory_rows waiting) and replays them later.
+# This watcher notes every spool file it sees (bash builtins only: a glob and a
+# read with a timeout, no process per look), so the report can say whether the
+# logging kept up in memory. Its CPU is negligible and counted as foreign.
+mkdir -p spool
+mkfifo tmp/watch.fifo
+(
+    exec 3<>tmp/watch.fifo
+    declare -A seen=()
+    while :; do
+        for f in spool/*; do
+            [ -e "$f" ] || continue
+            f=${f#spool/}
+            [ -n "${seen[$f]:-}" ] && continue
+            seen[$f]=1
+            printf '%(%H:%M:%S)T %s\n' -1 "$f" >>logs/spool-files.txt
+        done
+        read -r -t 0.1 -u 3 _ || true
+    done
+) </dev/null >/dev/null 2>&1 &
+PID[spool-watch]=$!; STARTED+=(spool-watch)
+: >logs/spool-files.txt
+
 wait_listen upstream "$UPSTREAM_PORT" 10
 wait_listen nginx-s3 "$NGINX_S3_PORT" 10
 wait_listen mock "$MOCK_PORT" 15
@@ -217,6 +242,7 @@ sleep 0.5
 
 declare -A PROCINFO=()
 for name in "${STARTED[@]}"; do
+    [ "$name" = spool-watch ] && continue
     PROCINFO[$name]=$("$PY" "$HERE/tools/proctree.py" "${PID[$name]}")
     log "$name: ${PROCINFO[$name]}"
     [[ "${PROCINFO[$name]}" == *" cpus=$SERVER_CPU "* ]] || die "$name is not confined to cpu $SERVER_CPU"
@@ -295,8 +321,8 @@ proc_ticks() {   # "relay mock redis postgres nginx-s3 upstream" ticks, in that 
     for n in $COMPONENTS; do args+=("$n=${PID[$n]}"); done
     "$PY" "$HERE/relay/ticks.py" "${args[@]}" | tr ' ' '\n' | cut -d= -f2 | tr '\n' ' '
 }
-tcp_opens() {   # the machine's TCP active opens (connect() calls), /proc/net/snmp
-    awk '$1 == "Tcp:" { if (seen) print $6; seen = 1 }' /proc/net/snmp
+tcp_counters() {   # the machine's TCP "ActiveOpens RetransSegs" (connect() calls, retransmitted segments), /proc/net/snmp
+    awk '$1 == "Tcp:" { if (seen) print $6, $13; seen = 1 }' /proc/net/snmp
 }
 times_ticks() {   # times_ticks FILE -> ticks of line 2 (children user+sys) of bash `times`
     awk -v hz="$HZ" 'NR==2 { t=0; for (i=1;i<=2;i++) { split($i, m, /[ms]/); t += m[1]*60 + m[2] } printf "%d\n", t*hz + 0.5 }' "$1"
@@ -346,17 +372,19 @@ bench() {   # bench REP CELL -> appends one line to load.tsv
     while :; do
         attempt=$((attempt+1))
         quiet_gate
-        sa=$(proc_ticks); oa=$(tcp_opens); times >tmp/times.a; a=$(cpu_snap)
+        sa=$(proc_ticks); oa=$(tcp_counters); times >tmp/times.a; a=$(cpu_snap)
         wrk_run "$cell" "$DURATION" "raw/$tag.try$attempt.txt"
-        b=$(cpu_snap); times >tmp/times.b; ob=$(tcp_opens); sb=$(proc_ticks)
+        b=$(cpu_snap); times >tmp/times.b; ob=$(tcp_counters); sb=$(proc_ticks)
         wrk_count "$cell" "raw/$tag.try$attempt.txt"; parsed=$PARSED
         wa=$(times_ticks tmp/times.a); wb=$(times_ticks tmp/times.b)
         # load.tsv: rep cell port rps p50 p99 total non2xx sockerr cpu0% cpu1% cpu1_ticks
-        #           relay mock redis postgres nginx-s3 upstream (ticks) foreign% tries new_connections
+        #           relay mock redis postgres nginx-s3 upstream (ticks) foreign% tries new_connections retransmits
         # new_connections: the machine's TCP active opens during the run minus wrk's CONNS,
-        # i.e. the connections the gateway opened to its upstream (or anyone else did).
+        # i.e. the connections the gateway opened to its upstream (or anyone else did);
+        # retransmits: the machine's retransmitted TCP segments during the run (a SYN
+        # retransmitted after 1 s shows up as a ~1 s latency outlier).
         row=$(awk -v rep="$rep" -v cell="$cell" -v port="${CELL_PORT[$cell]}" -v att="$attempt" \
-            -v opens="$(( ob - oa - CONNS ))" \
+            -v opens="$(( ${ob% *} - ${oa% *} - CONNS ))" -v retrans="$(( ${ob#* } - ${oa#* } ))" \
             -v p="$parsed" -v a="$a" -v b="$b" -v sa="$sa" -v sb="$sb" -v wrk="$((wb-wa))" 'BEGIN {
                 split(p, w, "\t"); split(a, x, " "); split(b, y, " ");
                 n = split(sa, s0, " "); split(sb, s1, " ");
@@ -365,8 +393,8 @@ bench() {   # bench REP CELL -> appends one line to load.tsv
                 el = y[3]-x[3];
                 c0 = 100 * (y[2]-x[2]) / el; c1 = 100 * (y[5]-x[5]) / (y[6]-x[6]);
                 fo = 100 * ((y[1]-x[1]) + (y[4]-x[4]) - srv - wrk) / el; if (fo < 0) fo = 0;
-                printf "%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%d%s\t%.1f\t%d\t%d\n",
-                       fo, rep, cell, port, w[1], w[2], w[3], w[4], w[5], w[6], c0, c1, y[5]-x[5], d, fo, att, opens }')
+                printf "%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%d%s\t%.1f\t%d\t%d\t%d\n",
+                       fo, rep, cell, port, w[1], w[2], w[3], w[4], w[5], w[6], c0, c1, y[5]-x[5], d, fo, att, opens, retrans }')
         foreign=${row%%$'\t'*}
         row=${row#*$'\t'}
         if awk -v f="$foreign" -v m="$FOREIGN_MAX" 'BEGIN{exit !(f > m)}' && [ "$attempt" -le "$RETRIES" ]; then
@@ -428,6 +456,19 @@ if [[ " $CELLS " == *" relay "* ]]; then
     fi
 fi
 for c in "${CHECKS[@]}"; do log "$c"; done
+# Did the log rows go through the disk spool? (file names: <queue>.<stamp>.<seq>.<owner>.open
+# while written, then ...<owner>.<rows>.spool / ...<rows>.<claimer>.claimed while replayed)
+SPOOL_FILES=$(awk '{split($2, f, "."); print f[2] "." f[3]}' logs/spool-files.txt | sort -u | wc -l)
+SPOOL_ROWS=$(awk '$2 ~ /\.(spool|claimed)$/ {split($2, f, "."); if (!(f[2] "." f[3] in s)) {s[f[2] "." f[3]] = 1; n += f[5]}} END {print n+0}' logs/spool-files.txt)
+if [ "$SPOOL_FILES" = 0 ]; then
+    CHECKS+=("the log queue kept up in memory: no spool file appeared (AIPROXY_SPOOL_DIR=$RUN_DIR/spool)")
+else
+    CHECKS+=("NOTE: PostgreSQL fell behind the log queue: $SPOOL_FILES spool files ($SPOOL_ROWS rows) were written to disk and replayed during the load (logs/spool-files.txt); every row still landed (see above)")
+fi
+# Where slow answers happened: the relay's and the mock's own access logs (latency_ms), taken
+# before the SSE phase (whose streams last a second each by design).
+SLOW=$("$PY" "$HERE/relay/slow.py" relay=logs/relay.out mock=logs/mock.out)
+log "$SLOW"
 
 # --- SSE: the latency the relay adds per streamed chunk -----------------------------------
 SSE_JSON=""
@@ -459,7 +500,7 @@ fi
     echo "- moongate: work tree at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$([ "$dirty" = 0 ] || echo " + $dirty changed/untracked files under src/ lua/ examples/"); binary $BIN built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC') ($(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$(dirname "$BIN")/CMakeCache.txt" 2>/dev/null || echo '?')); the relay's access log (on in examples/aiproxy) goes to logs/relay.out"
     echo "- nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), lua-nginx-module $(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null); PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'); Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"
     echo "- $( (wrk -v 2>&1 || true) | head -1 | sed 's/ Copyright.*//'); wrk -t$THREADS -c$CONNS -d$DURATION --latency -s relay/chat.lua on cpu $CLIENT_CPU after a $WARMUP warm-up per cell; all servers on cpu $SERVER_CPU"
-    for name in "${STARTED[@]}"; do echo "- $name: ${PROCINFO[$name]} (at start)"; done
+    for name in "${STARTED[@]}"; do [ -n "${PROCINFO[$name]:-}" ] && echo "- $name: ${PROCINFO[$name]} (at start)"; done
     echo "- raw output: $RUN_DIR/raw"
     [ "$NOT_QUIET" = 0 ] || echo "- WARNING: $NOT_QUIET time(s) the machine was not quiet within ${QUIET_TIMEOUT}s before a run"
     echo
@@ -474,6 +515,10 @@ fi
     echo "Checks after the load:"
     echo
     for c in "${CHECKS[@]}"; do echo "- $c"; done
+    echo
+    echo "Slow answers, from the servers' own access logs (all load runs, warm-ups included):"
+    echo
+    echo "$SLOW"
     if [ -n "$SSE_JSON" ]; then
         echo
         echo "SSE per-chunk latency (foreign CPU during the measurement: ${SSE_FOREIGN}% of a core):"
