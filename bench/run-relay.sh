@@ -40,6 +40,7 @@
 #   RUN_DIR=/tmp/relaybench-<stamp>-<pid>              scratch dir (absolute)
 #   RELAY_PORT=9501 MOCK_PORT=9502 TAP_PORT=9503 PG_PORT=9504 REDIS_PORT=9505
 #   UPSTREAM_PORT=9506 NGINX_BASE=9507 (nginx S1/S2/S3 on 9507/9508/9509)
+#   MOONGATE_BIN=<repo>/build/moongate  RELAY_CONFIG=<repo>/examples/aiproxy/gateway.lua
 # Needs: build/moongate (builds nothing), nginx + libnginx-mod-http-lua,
 # wrk, curl, postgresql-15, redis-server, /usr/bin/python3. As root,
 # PostgreSQL runs as the postgres user (initdb refuses root).
@@ -50,6 +51,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 BIN="${MOONGATE_BIN:-$REPO/build/moongate}"
+RELAY_CONFIG="${RELAY_CONFIG:-$REPO/examples/aiproxy/gateway.lua}"
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-5s}"
 CONNS="${CONNS:-50}"
@@ -209,7 +211,7 @@ SQL_DSN="postgres://postgres@$HOST:$PG_PORT/postgres?sslmode=disable&gssencmode=
 REDIS_CONN_STRING="redis://$HOST:$REDIS_PORT/0" \
 AIPROXY_SPOOL_DIR="$RUN_DIR/spool" \
 LISTEN_ADDR="$HOST:$RELAY_PORT" \
-    start relay "$BIN" --workers 1 "$REPO/examples/aiproxy/gateway.lua"
+    start relay "$BIN" --workers 1 "$RELAY_CONFIG"
 # The relay's log queue (moongate.batch) spills rows to a spool file on disk when
 # PostgreSQL falls behind (more than memory_rows waiting) and replays them later.
 # This watcher notes every spool file it sees (bash builtins only: a glob and a
