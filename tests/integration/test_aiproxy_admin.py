@@ -48,7 +48,7 @@ class App:
             raise RuntimeError("moongate did not start:\n" + self.stderr())
         # the schema is created by a timer at start: wait for it
         deadline = time.time() + 10 * SLOW
-        while "schema ready" not in self.stderr() and time.time() < deadline:
+        while time.time() < deadline and not any(s in self.stderr() for s in ("schema ready", "migration failed")):
             time.sleep(0.02)
 
     def stderr(self):

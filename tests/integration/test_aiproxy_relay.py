@@ -630,3 +630,18 @@ def test_a_channel_key_refused_upstream_is_not_shown_to_the_caller(app, mock):
     assert "bad-key" not in e["message"] and "credentials" in e["message"]
     row = logs(app, model_name=m)[0]
     assert row["code"] == 502 and row["content"]          # the provider's own words, for the operator
+
+
+def test_no_database_and_nothing_cached_is_a_503(tmp_path):
+    env = {"ADMIN_KEY": KEY,
+           "SQL_DSN": "postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=1" % free_port(),
+           "AIPROXY_SPOOL_DIR": str(tmp_path / "spool")}
+    a = App(str(tmp_path), env, workers=1)
+    try:
+        r = requests.post(a.url("/v1/chat/completions"), headers={"Authorization": "Bearer sk-whatever"},
+                          data=json.dumps({"model": "m", "messages": []}))
+        oai_error(r, 503, "database_unavailable")
+        r = requests.get(a.url("/v1/models"), headers={"Authorization": "Bearer sk-whatever"})
+        oai_error(r, 503)
+    finally:
+        a.stop()
