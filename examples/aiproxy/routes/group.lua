@@ -3,7 +3,6 @@
 local pg = require "moongate.postgres"
 local util = require "lib.util"
 local tokens = require "lib.tokens"
-local schema = require "lib.schema"
 
 local ok, fail = util.ok, util.fail
 local H = {}
@@ -99,8 +98,4 @@ function H.status(req)
   return ok(format(rows[1]))
 end
 
-return function(req)
-  local okd, e, state = schema.ensure()
-  if not okd then return util.db_fail(e, state) end
-  return H[req.route:match("%.(%w+)$")](req)
-end
+return util.admin_handler(H)

@@ -7,7 +7,6 @@
 -- Newest first. Rows of the last second may still be on their way (batching).
 local pg = require "moongate.postgres"
 local util = require "lib.util"
-local schema = require "lib.schema"
 
 local ok, fail = util.ok, util.fail
 local H = {}
@@ -79,8 +78,4 @@ function H.delete(req)
   return ok({ deleted = rows[1].n })
 end
 
-return function(req)
-  local okd, e, state = schema.ensure()
-  if not okd then return util.db_fail(e, state) end
-  return H[req.route:match("%.(%w+)$")](req)
-end
+return util.admin_handler(H)

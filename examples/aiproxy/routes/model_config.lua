@@ -8,7 +8,6 @@ local pg = require "moongate.postgres"
 local cjson = require "cjson.safe"
 local util = require "lib.util"
 local catalog = require "lib.catalog"
-local schema = require "lib.schema"
 
 local ok, fail = util.ok, util.fail
 local H = {}
@@ -100,8 +99,4 @@ function H.delete(req)
   return ok(nil)
 end
 
-return function(req)
-  local okd, e, state = schema.ensure()
-  if not okd then return util.db_fail(e, state) end
-  return H[req.route:match("%.(%w+)$")](req)
-end
+return util.admin_handler(H)

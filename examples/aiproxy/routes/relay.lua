@@ -229,6 +229,13 @@ local function relay(req, ep)
   end
   st.model = model
 
+  local function client_left()     -- before any answer: nothing to send, the row says why
+    row.client_aborted = true
+    limits.correct(reservation, 0)
+    log(499, "client closed the request")
+    return 499, "client closed the request"
+  end
+
   local chain = { model }
   for _, m in ipairs(cfg.fallbacks) do if m ~= model then chain[#chain + 1] = m end end
   local attempts, last = 0, nil
@@ -249,12 +256,7 @@ local function relay(req, ep)
         timeout = mcfg.timeout, connect_timeout = CONNECT_TIMEOUT, stream = true,
       })
       if not res then
-        if kind == "closed" then
-          row.client_aborted = true
-          limits.correct(reservation, 0)
-          log(499, "client closed the request")
-          return 499, "client closed the request"
-        end
+        if kind == "closed" then return client_left() end
         catalog.record(ch.id, false)
         last = { status = kind == "timeout" and 504 or 502,
                  message = string.format("upstream %s (channel %d): %s", kind, ch.id, msg or kind),
@@ -312,12 +314,7 @@ local function relay(req, ep)
                         headers = { ["Content-Type"] = "application/json" } }
           break
         end
-        if rkind == "closed" then
-          row.client_aborted = true
-          limits.correct(reservation, 0)
-          log(499, "client closed the request")
-          return 499, "client closed the request"
-        end
+        if rkind == "closed" then return client_left() end
         catalog.record(ch.id, false)
         last = { status = 502, code = "upstream_invalid_response",
                  message = text and "invalid response from the upstream (not a JSON object)"

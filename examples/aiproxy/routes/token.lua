@@ -6,7 +6,6 @@ local pg = require "moongate.postgres"
 local cjson = require "cjson.safe"
 local util = require "lib.util"
 local tokens = require "lib.tokens"
-local schema = require "lib.schema"
 local groups = require "lib.groupid"
 
 local ok, fail = util.ok, util.fail
@@ -177,8 +176,4 @@ function H.lookup(req)
   return ok({ token = tok, source = source })
 end
 
-return function(req)
-  local okd, e, state = schema.ensure()
-  if not okd then return util.db_fail(e, state) end
-  return H[req.route:match("%.(%w+)$")](req)
-end
+return util.admin_handler(H)
