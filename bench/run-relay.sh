@@ -451,6 +451,14 @@ if [[ " $CELLS " == *" relay "* ]]; then
     else
         CHECKS+=("FAILED: PostgreSQL log rows for $MODEL: $rows (codes $codes), requests completed by wrk + curl: $sent, in flight at most $max_extra, mock received from the relay: $upstream_reqs")
     fi
+    # The relay's own timing of its slow requests (logs.latency_ms: handler start to log row;
+    # logs.ttfb_ms: handler start to the upstream's answer), to see where they waited.
+    SLOW_ROWS=$("${PSQL[@]}" -F ' ' -c "SELECT count(*), coalesce(round(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms)), 0),
+        coalesce(round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ttfb_ms)), 0) FROM logs WHERE model = '$MODEL' AND latency_ms > 500")
+    if [ "${SLOW_ROWS%% *}" != 0 ]; then
+        read -r n l t <<<"$SLOW_ROWS"
+        CHECKS+=("NOTE: $n log rows with latency_ms > 500; their median latency_ms $l, median ttfb_ms $t (from the handler's start to the upstream's answer)")
+    fi
     if [ "$rpm_scripts" -ge "$rows" ]; then
         CHECKS+=("Redis ran $rpm_scripts EVAL/EVALSHA (the RPM check script) for $rows relayed requests")
     else
