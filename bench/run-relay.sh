@@ -537,4 +537,6 @@ fi
     fi
 } | tee results.md
 log "report saved to $RUN_DIR/results.md"
+# The servers' access logs run to hundreds of MB (the mock logs every request it serves): keep them, compressed.
+for f in logs/*.out; do if [ "$(stat -c %s "$f")" -gt 10000000 ]; then gzip -1 "$f"; fi; done
 for c in "${CHECKS[@]}"; do [[ "$c" != FAILED* ]] || die "a check failed: $c"; done
