@@ -367,7 +367,10 @@ function M.load(path, overrides)
       ctx.upstreams[name] = up
       pool = pool + up.keepalive
     end
-    settings.upstream_pool = math.max(pool, 8)
+    -- Idle upstream connections kept per worker: what the upstreams ask for,
+    -- and at least 64 for req:fetch to URLs (an app like the AI proxy calls
+    -- its providers by URL, with as many requests in flight as clients).
+    settings.upstream_pool = math.max(pool, 64)
 
     local global_refs = top.policies or { "request-id", "errors" }
     local global_chain = build_chain(ctx, {}, global_refs, "policies")

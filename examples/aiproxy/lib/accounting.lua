@@ -1,13 +1,13 @@
 -- One log row per relayed request, and the spending it implies, written in
 -- batches by moongate.batch: every flush inserts the rows and adds their
--- amounts and counts to tokens, groups and channels in ONE transaction.
+-- amounts and counts to tokens, groups and channels in ONE statement.
 -- Rows carry their own unique id (uid), so a batch replayed after a timeout
 -- or from the on-disk spool (PostgreSQL was down, a reload, a stop) inserts
 -- and counts nothing twice.
 local batch = require "moongate.batch"
 local core = require "moongate.core"
 local cjson = require "cjson.safe"
-local util = require "lib.util"
+local pg = require "moongate.postgres"
 local schema = require "lib.schema"
 
 local M = {}
@@ -16,46 +16,31 @@ M.COLUMNS = "uid, request_id, created_at, group_id, token_id, token_name, model,
             "channel_id, endpoint, code, content, prompt_tokens, completion_tokens, total_tokens, " ..
             "usage_estimated, amount, latency_ms, ttfb_ms, retries, stream, client_aborted, ip"
 
--- Sums per id of the inserted rows: { [id] = { amount, n, at } }.
-local function sums(rows, field)
-  local out, list = {}, {}
-  for _, r in ipairs(rows) do
-    local id = r[field]
-    if id ~= nil and id ~= "" and id ~= 0 then
-      local s = out[id]
-      if not s then s = { id = id, amount = 0, n = 0, at = 0 }; out[id] = s; list[#list + 1] = s end
-      s.amount = s.amount + r.amount
-      s.n = s.n + 1
-      if r.created_at > s.at then s.at = r.created_at end
-    end
-  end
-  return list
+-- One statement, one round trip: insert the rows (those already there --
+-- a replayed batch -- are skipped) and add what the inserted ones spent to
+-- their token, group and channel. A statement is atomic on its own.
+local function add_spending(tbl, col, id_type)
+  return string.format([[
+  %s AS (UPDATE %s t SET used_amount = t.used_amount + v.amount, request_count = t.request_count + v.n,
+                         accessed_at = GREATEST(t.accessed_at, v.at)
+         FROM (SELECT %s AS id, sum(amount) AS amount, count(*) AS n, max(created_at) AS at
+               FROM ins GROUP BY %s) v
+         WHERE t.id = v.id::%s RETURNING 1)]], tbl .. "_spent", tbl, col, col, id_type)
 end
 
-local function add_to(tx, table_name, id_type, list)
-  if #list == 0 then return end
-  tx.query("UPDATE " .. table_name .. " t SET used_amount = t.used_amount + v.amount, " ..
-           "request_count = t.request_count + v.n, accessed_at = GREATEST(t.accessed_at, v.at) " ..
-           "FROM json_to_recordset($1::json) AS v(id " .. id_type .. ", amount float8, n bigint, at bigint) " ..
-           "WHERE t.id = v.id", cjson.encode(list))
-end
+local FLUSH_SQL = "WITH ins AS (INSERT INTO logs (" .. M.COLUMNS .. ") SELECT " .. M.COLUMNS ..
+  " FROM json_populate_recordset(NULL::logs, $1::json) ON CONFLICT (uid) DO NOTHING" ..
+  " RETURNING token_id, group_id, channel_id, amount, created_at),\n" ..
+  add_spending("tokens", "token_id", "bigint") .. ",\n" ..
+  add_spending("groups", "group_id", "text") .. ",\n" ..
+  add_spending("channels", "channel_id", "bigint") ..
+  "\nSELECT count(*) AS inserted FROM ins"
 
 local function flush(rows)
   local ok, err = schema.ensure()
   if not ok then return nil, err end
-  local done, res, state = util.tx(function(tx)
-    local inserted = tx.query(
-      "INSERT INTO logs (" .. M.COLUMNS .. ") SELECT " .. M.COLUMNS ..
-      " FROM json_populate_recordset(NULL::logs, $1::json) ON CONFLICT (uid) DO NOTHING " ..
-      "RETURNING token_id, group_id, channel_id, amount, created_at", cjson.encode(rows))
-    add_to(tx, "tokens", "bigint", sums(inserted, "token_id"))
-    add_to(tx, "groups", "text", sums(inserted, "group_id"))
-    add_to(tx, "channels", "bigint", sums(inserted, "channel_id"))
-    return #inserted
-  end)
-  if not done then
-    return nil, type(res) == "table" and res.text or (tostring(res) .. " (SQLSTATE " .. tostring(state) .. ")")
-  end
+  local res, e, state = pg.query(FLUSH_SQL, cjson.encode(rows))
+  if not res then return nil, tostring(e) .. " (SQLSTATE " .. tostring(state) .. ")" end
   return true
 end
 
@@ -63,7 +48,7 @@ M.queue = batch.new{
   name = "aiproxy-logs",
   flush = flush,
   interval = tonumber(os.getenv("AIPROXY_LOG_FLUSH_INTERVAL") or "") or 1,
-  max_rows = 500,
+  max_rows = 1000,
   spool_dir = os.getenv("AIPROXY_SPOOL_DIR"),
   spool_limit = os.getenv("AIPROXY_SPOOL_LIMIT") or "256m",
 }

@@ -1,6 +1,6 @@
 -- The relay's view of channels and model configs: a per-worker snapshot of
 -- the enabled channels (indexed by model) and of every model config, read
--- from PostgreSQL and refreshed when
+-- from PostgreSQL and refreshed in the background when
 --   * an admin change on this machine bumped the version in the shared
 --     dictionary (every worker notices on its next request), or
 --   * it is older than REFRESH seconds (changes made through another
@@ -13,6 +13,7 @@
 -- while another channel can serve, then gets probed again.
 local pg = require "moongate.postgres"
 local core = require "moongate.core"
+local timer = require "moongate.timer"
 
 local M = {}
 
@@ -35,7 +36,6 @@ end
 function M.changed()
   local d = dict()
   if d then d:incr(VERSION_KEY, 1, 0) end
-  snap = nil
 end
 
 -- base_url as stored and used: no trailing "/" and no trailing "/v1".
@@ -73,18 +73,41 @@ local function load()
   return { by_model = by_model, configs = configs, version = v, loaded_at = core.now() }
 end
 
+local refreshing = false
+
+local function refresh()
+  local fresh, err = load()
+  refreshing = false
+  if fresh then
+    snap = fresh
+  elseif snap then
+    snap.loaded_at = core.now()                -- keep serving; try again in REFRESH s
+    core.log("warn", "aiproxy: could not refresh channels, serving the last snapshot: " .. tostring(err))
+  end
+end
+
 -- The current snapshot, or nil, err, sqlstate when there is none at all.
+-- An old one keeps serving while ONE background timer reloads it: requests
+-- do not wait for PostgreSQL for the periodic refresh (a burst of requests
+-- at that moment would otherwise all queue for the pool).
 function M.get()
   local s = snap
-  if s and s.version == version() and core.now() - s.loaded_at < M.REFRESH then return s end
+  if s and s.version == version() then
+    if core.now() - s.loaded_at >= M.REFRESH and not refreshing then
+      refreshing = true
+      if not timer.after(0, refresh) then refreshing = false end
+    end
+    return s
+  end
+  -- None yet, or an admin change on this machine: load now (changes are
+  -- rare; the caller must see the channel it just created).
   local fresh, err, state = load()
   if fresh then
     snap = fresh
     return fresh
   end
   if s then
-    s.loaded_at = core.now()                 -- keep serving; retry in REFRESH s
-    core.log("warn", "aiproxy: could not refresh channels, serving the last snapshot: " .. tostring(err))
+    core.log("warn", "aiproxy: could not reload channels, serving the last snapshot: " .. tostring(err))
     return s
   end
   return nil, err, state
