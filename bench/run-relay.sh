@@ -311,11 +311,12 @@ log "checks passed: relay (200, model $MODEL, RPM counter $rk in Redis, 401s), n
 # processes NOT started here used more than FOREIGN_MAX % of a core:
 #   foreign = user+nice+system on both cores - wrk's CPU - CPU of all our processes.
 HZ=$(getconf CLK_TCK)
-cpu_snap() {   # "u0 b0 t0 u1 b1 t1": CLIENT_CPU, SERVER_CPU; u=user+nice+system, b=u+irq+softirq, t=all
+cpu_snap() {   # "u0 b0 t0 u1 b1 t1 st": CLIENT_CPU, SERVER_CPU; u=user+nice+system, b=u+irq+softirq, t=all,
+               # st = steal on both (time the hypervisor ran something else: invisible to the foreign-CPU guard)
     awk -v a="cpu$CLIENT_CPU" -v b="cpu$SERVER_CPU" '
-        $1==a {ua=$2+$3+$4; ba=ua+$7+$8; ta=$2+$3+$4+$5+$6+$7+$8+$9}
-        $1==b {ub=$2+$3+$4; bb=ub+$7+$8; tb=$2+$3+$4+$5+$6+$7+$8+$9}
-        END {print ua, ba, ta, ub, bb, tb}' /proc/stat
+        $1==a {ua=$2+$3+$4; ba=ua+$7+$8; ta=$2+$3+$4+$5+$6+$7+$8+$9; sa=$9}
+        $1==b {ub=$2+$3+$4; bb=ub+$7+$8; tb=$2+$3+$4+$5+$6+$7+$8+$9; sb=$9}
+        END {print ua, ba, ta, ub, bb, tb, sa+sb}' /proc/stat
 }
 COMPONENTS="relay mock redis postgres nginx-s3 upstream"
 proc_ticks() {   # "relay mock redis postgres nginx-s3 upstream" ticks, in that order
@@ -380,7 +381,7 @@ bench() {   # bench REP CELL -> appends one line to load.tsv
         wrk_count "$cell" "raw/$tag.try$attempt.txt"; parsed=$PARSED
         wa=$(times_ticks tmp/times.a); wb=$(times_ticks tmp/times.b)
         # load.tsv: rep cell port rps p50 p99 total non2xx sockerr cpu0% cpu1% cpu1_ticks
-        #           relay mock redis postgres nginx-s3 upstream (ticks) foreign% tries new_connections retransmits
+        #           relay mock redis postgres nginx-s3 upstream (ticks) foreign% tries new_connections retransmits steal%
         # new_connections: the machine's TCP active opens during the run minus wrk's CONNS,
         # i.e. the connections the gateway opened to its upstream (or anyone else did);
         # retransmits: the machine's retransmitted TCP segments during the run (a SYN
@@ -395,8 +396,9 @@ bench() {   # bench REP CELL -> appends one line to load.tsv
                 el = y[3]-x[3];
                 c0 = 100 * (y[2]-x[2]) / el; c1 = 100 * (y[5]-x[5]) / (y[6]-x[6]);
                 fo = 100 * ((y[1]-x[1]) + (y[4]-x[4]) - srv - wrk) / el; if (fo < 0) fo = 0;
-                printf "%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%d%s\t%.1f\t%d\t%d\t%d\n",
-                       fo, rep, cell, port, w[1], w[2], w[3], w[4], w[5], w[6], c0, c1, y[5]-x[5], d, fo, att, opens, retrans }')
+                printf "%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%d%s\t%.1f\t%d\t%d\t%d\t%.1f\n",
+                       fo, rep, cell, port, w[1], w[2], w[3], w[4], w[5], w[6], c0, c1, y[5]-x[5], d, fo, att, opens, retrans,
+                       100 * (y[7]-x[7]) / el }')
         foreign=${row%%$'\t'*}
         row=${row#*$'\t'}
         if awk -v f="$foreign" -v m="$FOREIGN_MAX" 'BEGIN{exit !(f > m)}' && [ "$attempt" -le "$RETRIES" ]; then
@@ -496,9 +498,10 @@ if [ "$SKIP_SSE" != 1 ]; then
     SSE_FOREIGN=$(awk -v a="$a" -v b="$b" -v sa="$sa" -v sb="$sb" -v cl="$((wb-wa))" 'BEGIN {
         split(a, x, " "); split(b, y, " "); n = split(sa, s0, " "); split(sb, s1, " "); srv = 0;
         for (i = 1; i <= n; i++) srv += s1[i] - s0[i];
-        fo = 100 * ((y[1]-x[1]) + (y[4]-x[4]) - srv - cl) / (y[3]-x[3]); if (fo < 0) fo = 0; printf "%.1f", fo }')
+        fo = 100 * ((y[1]-x[1]) + (y[4]-x[4]) - srv - cl) / (y[3]-x[3]); if (fo < 0) fo = 0;
+        printf "%.1f%% of a core, steal %.1f%%", fo, 100 * (y[7]-x[7]) / (y[3]-x[3]) }')
     SSE_JSON=raw/sse.json
-    log "SSE: $(head -c 600 raw/sse.txt) (foreign CPU ${SSE_FOREIGN}%)"
+    log "SSE: $(tail -n 1 raw/sse.txt) (foreign CPU ${SSE_FOREIGN})"
 fi
 
 # --- report ---------------------------------------------------------------------------------
@@ -531,7 +534,7 @@ fi
     echo "$SLOW"
     if [ -n "$SSE_JSON" ]; then
         echo
-        echo "SSE per-chunk latency (foreign CPU during the measurement: ${SSE_FOREIGN}% of a core):"
+        echo "SSE per-chunk latency (foreign CPU during the measurement: ${SSE_FOREIGN}):"
         echo
         cat raw/sse.txt
     fi

@@ -2,15 +2,15 @@
 """Tables for bench/run-relay.sh from its load.tsv (one line per measured wrk run).
 Usage: report.py summary HZ load.tsv | report.py all HZ load.tsv | report.py line HZ < one-row
 Columns of load.tsv: rep cell port rps p50 p99 total non2xx sockerr cpu0 cpu1 cpu1_ticks
-relay mock redis postgres nginx-s3 upstream foreign tries opens retrans; the six process columns are
+relay mock redis postgres nginx-s3 upstream foreign tries opens retrans steal; the six process columns are
 CPU ticks (utime+stime, USER_HZ) of that process tree during the run; opens = TCP connections
 opened on the machine during the run, wrk's own excluded; retrans = TCP segments retransmitted
-on the machine during the run."""
+on the machine during the run; steal = steal time on both cores, % of one core."""
 import statistics
 import sys
 
 COLS = ["rep", "cell", "port", "rps", "p50", "p99", "total", "non2xx", "sockerr", "cpu0", "cpu1",
-        "cpu1_ticks", "relay", "mock", "redis", "postgres", "nginx-s3", "upstream", "foreign", "tries", "opens", "retrans"]
+        "cpu1_ticks", "relay", "mock", "redis", "postgres", "nginx-s3", "upstream", "foreign", "tries", "opens", "retrans", "steal"]
 PROCS = ["relay", "mock", "redis", "postgres", "nginx-s3", "upstream"]
 # cell -> (what it is, its gateway process, its upstream process)
 CELLS = {
@@ -73,19 +73,19 @@ def groups(rows):
 def summary(rows):
     order, g = groups(rows)
     out = ["| cell | what | n | req/s | p50 ms | p99 ms | errors | **gateway µs/req** | upstream µs/req "
-           "| Redis µs/req | PostgreSQL µs/req | all servers µs/req | cpu1 busy | new upstream conns / 1k req | max foreign |",
-           "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+           "| Redis µs/req | PostgreSQL µs/req | all servers µs/req | cpu1 busy | new upstream conns / 1k req | max foreign | max steal |",
+           "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     f1 = lambda v: "–" if v is None else "%.1f" % v
     for c in order:
         rs = g[c]
         col = lambda k: [r[k] for r in rs]
         errs = int(sum(col("non2xx")) + sum(col("sockerr")))
         gw = rng(col("gw_us"), "%.1f")
-        out.append("| %s | %s | %d | %s | %s | %s | %d | %s | %s | %s | %s | %s | %.0f%% | %.0f | %.0f%% |" % (
+        out.append("| %s | %s | %d | %s | %s | %s | %d | %s | %s | %s | %s | %s | %.0f%% | %.0f | %.0f%% | %.1f%% |" % (
             c, CELLS[c][0], len(rs), rng(col("rps"), "%.0f"), rng(col("p50"), "%.2f"), rng(col("p99"), "%.2f"),
             errs, ("**%s**" % gw) if gw != "–" else gw, rng(col("up_us"), "%.1f"), f1(med(col("redis_us"))),
             f1(med(col("pg_us"))), rng(col("all_us"), "%.1f"), med(col("cpu1")), med(col("conn_per_1k")),
-            max(col("foreign"))))
+            max(col("foreign")), max(col("steal"))))
     out.append("")
     out.append("- gateway µs/req: CPU (user+sys, all threads) of the gateway process tree alone per request: the "
                "relay's one moongate process; nginx's master + its one worker. upstream: the mock / the upstream "
@@ -108,23 +108,23 @@ def summary(rows):
 
 def full(rows):
     out = ["| rep | cell | req/s | p50 ms | p99 ms | non-2xx | sock err | cpu0 busy | cpu1 busy | cpu1 µs/req "
-           "| gateway µs/req | upstream µs/req | Redis µs/req | PostgreSQL µs/req | all µs/req | new conns / 1k req | TCP retransmits | foreign | tries |",
-           "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+           "| gateway µs/req | upstream µs/req | Redis µs/req | PostgreSQL µs/req | all µs/req | new conns / 1k req | TCP retransmits | foreign | steal | tries |",
+           "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     f1 = lambda v: "–" if v is None else "%.1f" % v
     for r in rows:
-        out.append("| %d | %s | %.0f | %.3f | %.3f | %d | %d | %.0f%% | %.0f%% | %.1f | %s | %.1f | %.1f | %.1f | %.1f | %.0f | %d | %.1f%% | %d |" % (
+        out.append("| %d | %s | %.0f | %.3f | %.3f | %d | %d | %.0f%% | %.0f%% | %.1f | %s | %.1f | %.1f | %.1f | %.1f | %.0f | %d | %.1f%% | %.1f%% | %d |" % (
             r["rep"], r["cell"], r["rps"], r["p50"], r["p99"], r["non2xx"], r["sockerr"], r["cpu0"], r["cpu1"],
             r["cpu1_us"], f1(r["gw_us"]), r["up_us"], r["redis_us"], r["pg_us"], r["all_us"], r["conn_per_1k"],
-            r["retrans"], r["foreign"], r["tries"]))
+            r["retrans"], r["foreign"], r["steal"], r["tries"]))
     return "\n".join(out)
 
 
 def line(r):
     gw = "" if r["gw_us"] is None else "gateway %.1f us/req  " % r["gw_us"]
     return ("%.0f req/s  p50 %.2f ms  p99 %.2f ms  errors %d  %supstream %.1f  redis %.1f  pg %.1f  all %.1f us/req  "
-            "cpu1 %.0f%%  new conns %.0f/1k req  retransmits %d  foreign %.1f%%  tries %d" % (
+            "cpu1 %.0f%%  new conns %.0f/1k req  retransmits %d  foreign %.1f%%  steal %.1f%%  tries %d" % (
                 r["rps"], r["p50"], r["p99"], r["non2xx"] + r["sockerr"], gw, r["up_us"], r["redis_us"], r["pg_us"],
-                r["all_us"], r["cpu1"], r["conn_per_1k"], r["retrans"], r["foreign"], r["tries"]))
+                r["all_us"], r["cpu1"], r["conn_per_1k"], r["retrans"], r["foreign"], r["steal"], r["tries"]))
 
 
 if __name__ == "__main__":

@@ -278,6 +278,7 @@ def main():
 
     want = ["role"] + ["w%d" % i for i in range(1, a.chunks + 1)] + ["finish", "done"]
     lat = {name: [] for name, _, _ in paths}
+    per_stream = {name: [] for name, _, _ in paths}   # each measured stream's median, in order
     ttfb = {name: [] for name, _, _ in paths}
     gaps = []
     rows = []
@@ -296,18 +297,22 @@ def main():
         if not r["warmup"]:
             gaps += [(b - a2) / 1e3 for a2, b in zip(ts, ts[1:])]
             ttfb[r["path"]].append((got["role"] - r["t_send"]) / 1e3)
+        ds = []
         for k in want:
             d = (got[k] - left[k]) / 1e3
-            if not r["warmup"]:
-                lat[r["path"]].append(d)
+            ds.append(d)
             rows.append((n, r["path"], int(r["warmup"]), k, left[k], got[k], d))
+        if not r["warmup"]:
+            lat[r["path"]] += ds
+            per_stream[r["path"]].append(statistics.median(ds))
 
     res = {"chunks": a.chunks, "delay_ms": a.delay_ms, "streams": a.streams, "warmup": a.warmup,
            "events_per_stream": len(want), "mock_gap_us_median": statistics.median(gaps)}
     for name in lat:
         v = lat[name]
         res[name] = {"n": len(v), "median": statistics.median(v), "p90": pct(v, 90), "p99": pct(v, 99),
-                     "max": max(v), "mean": statistics.mean(v), "ttfb_median": statistics.median(ttfb[name])}
+                     "max": max(v), "mean": statistics.mean(v), "ttfb_median": statistics.median(ttfb[name]),
+                     "stream_medians": per_stream[name]}
     if "relay" in res:
         res["added_median"] = res["relay"]["median"] - res["direct"]["median"]
         res["added_p99"] = res["relay"]["p99"] - res["direct"]["p99"]
@@ -324,6 +329,9 @@ def main():
           "%d streams per path (after %d warm-up streams each), %d events each (role, %d words, finish, [DONE]), "
           "the mock's events %.2f ms apart (median)." % (a.streams, a.warmup, len(want), a.chunks,
                                                          res["mock_gap_us_median"] / 1e3))
+    for name in lat:
+        print("- each %s stream's median, in order (µs): %s" % (
+            name, " ".join("%.0f" % m for m in per_stream[name])))
     if "relay" in res:
         print("- **added by the relay per chunk: median %+.0f µs, p99 %+.0f µs** (relay − direct). Target < 100 µs: %s." % (
             res["added_median"], res["added_p99"], "met" if res["added_median"] < 100 else "NOT met"))
