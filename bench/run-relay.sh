@@ -500,6 +500,10 @@ if [ "$SKIP_SSE" != 1 ]; then
         for (i = 1; i <= n; i++) srv += s1[i] - s0[i];
         fo = 100 * ((y[1]-x[1]) + (y[4]-x[4]) - srv - cl) / (y[3]-x[3]); if (fo < 0) fo = 0;
         printf "%.1f%% of a core, steal %.1f%%", fo, 100 * (y[7]-x[7]) / (y[3]-x[3]) }')
+    # CPU of our servers during the SSE phase (a server busy with background work delays the tap too)
+    SSE_CPU=$(awk -v sa="$sa" -v sb="$sb" -v names="$COMPONENTS" -v hz="$HZ" 'BEGIN {
+        n = split(sa, s0, " "); split(sb, s1, " "); split(names, nm, " ");
+        for (i = 1; i <= n; i++) printf "%s%s %.2f s", (i > 1 ? ", " : ""), nm[i], (s1[i] - s0[i]) / hz }')
     SSE_JSON=raw/sse.json
     log "SSE: $(tail -n 1 raw/sse.txt) (foreign CPU ${SSE_FOREIGN})"
 fi
@@ -534,7 +538,7 @@ fi
     echo "$SLOW"
     if [ -n "$SSE_JSON" ]; then
         echo
-        echo "SSE per-chunk latency (foreign CPU during the measurement: ${SSE_FOREIGN}):"
+        echo "SSE per-chunk latency (foreign CPU during the measurement: ${SSE_FOREIGN}; CPU of our servers meanwhile: $SSE_CPU):"
         echo
         cat raw/sse.txt
     fi

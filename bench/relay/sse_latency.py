@@ -170,7 +170,12 @@ def tap_main(port, mock_port, out_path, cpu):
                 sel.register(u, selectors.EVENT_READ, ("up", c, conns))
                 continue
             s = key.fileobj
-            data = s.recv(65536)
+            if s.fileno() < 0:     # closed above, with its peer, in this same round
+                continue
+            try:
+                data = s.recv(65536)
+            except OSError:
+                data = b""
             t = now()
             if not data:
                 for x in (s, other):
@@ -180,7 +185,10 @@ def tap_main(port, mock_port, out_path, cpu):
                         pass
                     x.close()
                 continue
-            other.sendall(data)
+            try:
+                other.sendall(data)
+            except OSError:        # the other side went away: the next recv() sees it
+                pass
             if kind == "up":
                 raw.append((n, t, data))
     parsers = {}
