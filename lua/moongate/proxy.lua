@@ -11,7 +11,8 @@
 --   opts.stream = true: res has no body; read it as it arrives with
 --     res:read() -> chunk | false (the end) | nil, kind, message
 --     (kind "closed": the client went away; the upstream transfer is stopped)
---   and res:close() when done with it (also closes a half-read answer).
+--   or res:read_all() -> the rest | nil, kind, message; and res:close() when
+--   done with it (also closes a half-read answer).
 --
 -- req:proxy(name, opts) forwards the current request and relays the answer:
 --   opts: path, query, method, headers (set/override), body, key (for
@@ -88,6 +89,15 @@ function Response:read()
   local chunk, kind, msg = upstream.read_chunk(h)
   if not chunk then self:close() end
   return chunk, kind, msg
+end
+
+-- The rest of a streamed answer at once (then closed): text | nil, kind, message.
+function Response:read_all()
+  local h = self._h
+  if not h then return "" end
+  local data, kind, msg = upstream.read_all(h)
+  self:close()
+  return data, kind, msg
 end
 
 function Response:close()

@@ -333,7 +333,9 @@ def test_token_lookup_cache_and_invalidation(app, redis):
     assert d["token"]["models"] == []
     assert redis.cli("EXISTS", rkey).strip() == "1"
     assert 0 < int(redis.cli("TTL", rkey)) <= 30
-    assert ok(app.get("/api/lookup/" + key))["source"] in ("memory", "redis")
+    cached = ok(app.get("/api/lookup/" + key))
+    assert cached["source"] in ("memory", "redis")
+    assert cached["token"]["models"] == [] and cached["token"]["subnets"] == []
     # token status change: both layers cleared, next lookup sees it
     ok(app.post("/api/token/cache-g/%d/status" % t["id"], {"status": 2}))
     assert redis.cli("EXISTS", rkey).strip() == "0"

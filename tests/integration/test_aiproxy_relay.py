@@ -645,3 +645,26 @@ def test_no_database_and_nothing_cached_is_a_503(tmp_path):
         oai_error(r, 503)
     finally:
         a.stop()
+
+
+def test_a_channel_added_by_another_instance_is_picked_up(env, mock, pg, tmp_path):
+    # Written straight into PostgreSQL (no version bump in this machine's
+    # shared dictionary): the periodic background refresh finds it. One
+    # worker, so the request cannot land on a worker with no snapshot yet.
+    a = App(str(tmp_path), env, workers=1)
+    try:
+        m = uniq()
+        t = token(a)
+        oai_error(chat(a, t, m), 404, "model_not_found")
+        pg.psql("INSERT INTO channels (name, key, base_url, models, created_at) "
+                "VALUES ('elsewhere', 'sk-x', '%s', '[\"%s\"]', 0)" % (mock.url(), m))
+        deadline = time.time() + 10 * SLOW
+        while time.time() < deadline:
+            r = chat(a, t, m)
+            if r.status_code == 200:
+                break
+            time.sleep(0.25)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == m
+    finally:
+        a.stop()

@@ -8,6 +8,7 @@ whose answer to each request is chosen by a Python function of (connection
 number, request number on that connection, path), so a test can say exactly
 what goes on the wire and when a connection closes."""
 import json
+import concurrent.futures
 import socket
 import threading
 import time
@@ -167,6 +168,40 @@ def test_concurrent_clients_share_a_few_kept_alive_connections(gateway, scripted
     # At most one upstream connection per request in flight (8 clients), and
     # none made per request.
     assert up.conns <= 8, up.conns
+
+
+def test_url_fetches_keep_enough_connections_alive_without_upstreams(gateway, scripted):
+    # No `upstreams` in the config: req:fetch to a URL still keeps an idle
+    # connection for each of many requests in flight (at least 64 per
+    # worker). Two waves of 32 concurrent requests (the upstream takes 0.2 s,
+    # so each wave is in flight together, then idle together): the second
+    # wave reuses the first wave's 32 connections instead of reconnecting.
+    def slow(conn, n, path):
+        time.sleep(0.2)
+        return [ok(b'{"conn":%d}' % conn)]
+    up = scripted(slow)
+    g = gateway("""
+return {
+  listen = "127.0.0.1:8080",
+  routes = { { "GET", "/f", handler = function(req)
+    local res, err = req:fetch("%s/x")
+    if not res then return 502, err end
+    return res.status, res.body
+  end } },
+}
+""" % up.url, workers=1)
+
+    def one(_):
+        return requests.get(g.url("/f")).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(32) as ex:
+        assert set(ex.map(one, range(32))) == {200}
+        time.sleep(0.2)
+        assert set(ex.map(one, range(32))) == {200}
+    assert len(up.seen) == 64
+    # never more connections than requests in flight at once (32); a pool of
+    # 8 would have closed 24 after the first wave and opened them again
+    assert up.conns <= 32, up.conns
 
 
 def test_fetch_info_reports_connect_reuse_and_ip(gateway, scripted):

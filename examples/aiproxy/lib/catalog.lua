@@ -70,7 +70,7 @@ local function load()
     r.fallbacks = type(r.fallbacks) == "table" and r.fallbacks or {}
     configs[r.model] = r
   end
-  return { by_model = by_model, configs = configs, version = v, loaded_at = core.now() }
+  return { by_model = by_model, configs = configs, resolved = {}, version = v, loaded_at = core.now() }
 end
 
 local refreshing = false
@@ -113,16 +113,21 @@ function M.get()
   return nil, err, state
 end
 
--- The model's settings, defaults filled in for a model without a config.
+-- The model's settings, defaults filled in for a model without a config
+-- (made once per snapshot and model).
 function M.model_config(s, model)
+  local done = s.resolved[model]
+  if done then return done end
   local c = s.configs[model]
-  return {
+  done = {
     rpm = c and c.rpm or 0, tpm = c and c.tpm or 0,
     input_price = c and c.input_price or 0, output_price = c and c.output_price or 0,
     retry_times = c and c.retry_times or M.DEFAULT_RETRIES,
     timeout = (c and c.timeout > 0) and c.timeout or M.DEFAULT_TIMEOUT,
     fallbacks = c and c.fallbacks or {},
   }
+  s.resolved[model] = done
+  return done
 end
 
 function M.serves(s, model)

@@ -13,9 +13,4 @@ function M.dict()
   return require("moongate.shared").aiproxy
 end
 
--- The Redis error is operational (the server is down or slow), not a reply error.
-function M.unreachable(err)
-  return err == "timeout" or err == "redis unavailable" or (type(err) == "string" and not err:match("^[A-Z]+ "))
-end
-
 return M

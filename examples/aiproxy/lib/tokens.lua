@@ -5,6 +5,7 @@
 local pg = require "moongate.postgres"
 local core = require "moongate.core"
 local cjson = require "cjson.safe"
+local json = require "moongate.json"
 local util = require "lib.util"
 
 local M = {}
@@ -13,8 +14,7 @@ M.MEMORY_TTL = 5
 M.REDIS_TTL = 30
 local PREFIX = "aiproxy:token:"
 
-local has_redis = os.getenv("REDIS_CONN_STRING") ~= nil and os.getenv("REDIS_CONN_STRING") ~= ""
-local redis = has_redis and require "moongate.redis" or nil
+local redis = require("lib.store").redis      -- nil without REDIS_CONN_STRING
 
 local ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -106,7 +106,7 @@ function M.lookup(key)
     local v = redis.call("GET", PREFIX .. key)
     if type(v) == "string" then
       if dict then dict:set(key, v, M.MEMORY_TTL) end
-      return cjson.decode(v), "redis"
+      return decoded(v), "redis"
     end
   end
   local rows, err, state = pg.query(
@@ -117,10 +117,10 @@ function M.lookup(key)
   if not rows[1] then return nil end
   local tok = M.format(rows[1])
   tok.group_status = rows[1].group_status
-  local json = cjson.encode(tok)
-  if redis then redis.call("SET", PREFIX .. key, json, "EX", M.REDIS_TTL) end
-  if dict then dict:set(key, json, M.MEMORY_TTL) end
-  return cjson.decode(json), "db"
+  local text = json.encode(tok)                 -- real [] for empty lists
+  if redis then redis.call("SET", PREFIX .. key, text, "EX", M.REDIS_TTL) end
+  if dict then dict:set(key, text, M.MEMORY_TTL) end
+  return decoded(text), "db"
 end
 
 return M

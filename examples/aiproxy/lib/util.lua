@@ -1,23 +1,16 @@
--- Helpers shared by the aiproxy handlers: JSON envelope answers (with real
--- empty arrays, which cjson cannot express), input checks, database errors.
+-- Helpers shared by the aiproxy handlers: JSON envelope answers (real empty
+-- arrays through moongate.json), input checks, database errors.
 local cjson = require "cjson.safe"
 local core = require "moongate.core"
+local json = require "moongate.json"
 
 local M = {}
 
-local EMPTY = "\0aiproxy:empty-array\0"   -- never valid in a name (NUL is refused)
-M.EMPTY_ARRAY = EMPTY
-local EMPTY_PATTERN = cjson.encode(EMPTY):gsub("%p", "%%%0")
-
 -- Marks t as a JSON array (an empty one would otherwise encode as {}).
-function M.array(t)
-  if t == nil or next(t) == nil then return EMPTY end
-  return t
-end
+M.array = json.array
 
 local function encode(v)
-  local s = assert(cjson.encode(v))
-  return (s:gsub(EMPTY_PATTERN, "[]"))
+  return assert(json.encode(v))
 end
 
 local JSON = { ["Content-Type"] = "application/json" }

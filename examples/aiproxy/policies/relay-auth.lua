@@ -10,11 +10,20 @@ local tokens = require "lib.tokens"
 local usage = require "lib.usage"
 local openai = require "lib.openai"
 
+-- Parsed subnets by the token's subnets list: lib/tokens.lua hands out the
+-- same decoded table while the cached token is unchanged (weak keys: they
+-- go when the token does).
+local parsed = setmetatable({}, { __mode = "k" })
+
 local function allowed_ip(tok, addr)
   local subnets = tok.subnets
   if type(subnets) ~= "table" or #subnets == 0 then return true end
-  local nets = {}
-  for i, s in ipairs(subnets) do nets[i] = ip.parse_cidr(s) end
+  local nets = parsed[subnets]
+  if not nets then
+    nets = {}
+    for i, s in ipairs(subnets) do nets[i] = ip.parse_cidr(s) end
+    parsed[subnets] = nets
+  end
   local bytes = ip.parse(addr)
   return bytes ~= nil and ip.in_list(nets, bytes)
 end

@@ -92,16 +92,6 @@ local function upstream_message(status, text)
   return "upstream answered " .. status
 end
 
-local function read_all(res)
-  local parts = {}
-  while true do
-    local chunk, kind, msg = res:read()
-    if chunk == false then return table.concat(parts) end
-    if chunk == nil then return nil, kind, msg end
-    parts[#parts + 1] = chunk
-  end
-end
-
 -- Streams an SSE answer to the client. Returns the usage seen (or nil), the
 -- completion text length, and how it ended: "done", "client", or "upstream".
 local function relay_sse(req, res, st)
@@ -264,8 +254,7 @@ local function relay(req, ep)
         core.log("warn", string.format("aiproxy: channel %d (%s) failed for %s: %s %s",
                                        ch.id, ch.name, m, kind, msg or ""))
       elseif res.status ~= 200 then
-        local text = read_all(res) or ""
-        res:close()
+        local text = res:read_all() or ""
         local message = upstream_message(res.status, text)
         if NOT_RETRIED[res.status] then
           catalog.record(ch.id, true)
@@ -300,8 +289,7 @@ local function relay(req, ep)
           res:close()
           break
         end
-        local text, rkind, rmsg = read_all(res)
-        res:close()
+        local text, rkind, rmsg = res:read_all()
         local obj = text and cjson.decode(text)
         if text and type(obj) == "table" and not obj[1] then
           catalog.record(ch.id, true)

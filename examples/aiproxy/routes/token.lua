@@ -173,7 +173,10 @@ function H.lookup(req)
     if source then return util.db_fail(source, state) end
     return fail(404, "token not found")
   end
-  return ok({ token = tok, source = source })
+  local out = {}                                 -- a copy: cached tokens are shared
+  for k, v in pairs(tok) do out[k] = v end
+  out.models, out.subnets = util.array(tok.models), util.array(tok.subnets)
+  return ok({ token = out, source = source })
 end
 
 return util.admin_handler(H)

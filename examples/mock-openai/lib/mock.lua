@@ -46,14 +46,12 @@ do
 end
 M.CREATED = 1700000000   -- the "created" of every model object
 
--- JSON text. EMPTY stands for [] (Debian's cjson encodes {} as {} always).
-local EMPTY = "\0mock:empty-array\0"
-M.EMPTY_ARRAY = EMPTY
-local EMPTY_PATTERN = cjson.encode(EMPTY):gsub("%p", "%%%0")
+-- JSON text with real empty arrays (Debian's cjson encodes {} as {} always).
+local json = require "moongate.json"
+M.EMPTY_ARRAY = json.empty_array
 
 function M.encode(v)
-  local s = assert(cjson.encode(v))
-  return (s:gsub(EMPTY_PATTERN, "[]"))
+  return assert(json.encode(v))
 end
 
 -- An OpenAI error answer, as a response table: raw, so the errors policy
