@@ -4,6 +4,8 @@
  * directly. See include/moongate/lua_api.h for the calling conventions. */
 #include "moongate/lua_api.h"
 #include "moongate/app.h"
+#include "moongate/fetch.h"
+#include "moongate/forward.h"
 #include "moongate/http.h"
 #include "moongate/log.h"
 #include "moongate/worker.h"
@@ -113,22 +115,16 @@ static int l_abort(lua_State *L) {
   return 0;
 }
 
+static int l_traceparent(lua_State *L) {
+  lua_pushstring(L, mg_forward_traceparent(check_req(L)));
+  return 1;
+}
+
 static int l_random_hex(lua_State *L) {
-  static __thread uint64_t state;
   int n = (int)luaL_checkinteger(L, 1);
   if (n < 1 || n > 64) luaL_argerror(L, 1, "1-64 digits");
-  if (!state) {
-    state = uv_hrtime() ^ ((uint64_t)(uintptr_t)&state << 16);
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (f) { if (fread(&state, sizeof state, 1, f) != 1) state ^= 0x9e3779b97f4a7c15ULL; fclose(f); }
-    if (!state) state = 0x9e3779b97f4a7c15ULL;
-  }
   char out[64];
-  static const char hex[] = "0123456789abcdef";
-  for (int i = 0; i < n; i++) {
-    state ^= state << 13; state ^= state >> 7; state ^= state << 17;   /* xorshift64 */
-    out[i] = hex[state & 15];
-  }
+  mg_random_hex(out, n);
   lua_pushlstring(L, out, (size_t)n);
   return 1;
 }
@@ -204,6 +200,26 @@ static int check_status(lua_State *L, int idx) {
   return (int)st;
 }
 
+/* A proxied answer whose headers Lua never looked at: the upstream's head
+ * goes on as it came, minus what a hop removes (forward.c). */
+static void relay_head(lua_State *L, int idx, mg_buf *out, mg_request *req) {
+  mg_fetch *f = mg_lua_check_fetch(L, idx);
+  const char *p = f->head.data ? f->head.data : "", *end = p + f->head.len;
+  size_t connlen = 0;
+  const char *conn = mg_forward_find(p, f->head.len, "connection", 10, &connlen);
+  while (p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    eol = eol ? eol + 1 : end;
+    const char *colon = memchr(p, ':', (size_t)(eol - p));
+    if (colon && mg_forward_response_keeps(p, (size_t)(colon - p), conn, connlen, req->is_head)) {
+      if (req->is_head && mg_strcaseeq(p, (size_t)(colon - p), "content-length", 14))
+        req->head_length_given = 1;
+      mg_buf_append(out, p, (size_t)(eol - p));
+    }
+    p = eol;
+  }
+}
+
 static int l_respond(lua_State *L) {
   mg_request *req = check_req(L);
   if (req->resp_started) luaL_error(L, "response already sent");
@@ -212,6 +228,7 @@ static int l_respond(lua_State *L) {
   const char *body = lua_isnoneornil(L, 5) ? "" : luaL_checklstring(L, 5, &blen);
   mg_buf *hb = &req->w->hdrbuf;
   serialize_headers(L, 4, hb, req);
+  if (lua_isnoneornil(L, 4) && !lua_isnoneornil(L, 6)) relay_head(L, 6, hb, req);
   if (mg_response_send(req, status, hb->data ? hb->data : "", hb->len, body, blen) != 0) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");
@@ -227,6 +244,7 @@ static int l_stream_start(lua_State *L) {
   int status = check_status(L, 3);
   mg_buf *hb = &req->w->hdrbuf;
   serialize_headers(L, 4, hb, req);
+  if (lua_isnoneornil(L, 4) && !lua_isnoneornil(L, 5)) relay_head(L, 5, hb, req);
   if (mg_response_stream_start(req, status, hb->data ? hb->data : "", hb->len) != 0) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");
@@ -413,6 +431,7 @@ int mg_luaopen_core(lua_State *L) {
     {"stream_write", l_stream_write}, {"stream_end", l_stream_end},
     {"response_started", l_response_started}, {"log_extra", l_log_extra},
     {"abort", l_abort}, {"random_hex", l_random_hex},
+    {"traceparent", l_traceparent},
     {"sleep", l_sleep}, {"log", l_log}, {"now", l_now},
     {"parse_size", l_parse_size}, {"parse_duration", l_parse_duration},
     {"parse_listen", l_parse_listen}, {"method_bit", l_method_bit},

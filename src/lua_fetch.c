@@ -6,9 +6,16 @@
  *
  *   h = core.fetch{ url =, method =, headers = { "Name: value", ... },
  *                   body =, connect_timeout =, timeout =, read_timeout = (ms),
- *                   verify = true }
+ *                   verify = true,
+ *                   forward = true, drop = { "lower-case-name", ... } }
+ *              forward: the current request's headers go first, as a proxy
+ *              hop forwards them (forward.c); drop: names left out of them.
  *   h:head()   -> status, headers | nil, kind, message | nothing (waited:
  *                 call again)
+ *   h:status() -> like head() without building the headers table
+ *   h:relay_headers(keep_length) -> the response headers a proxy passes on
+ *                 (hop-by-hop ones and Date left out; Content-Length only
+ *                 with keep_length)
  *   h:read()   -> chunk | false (end) | nil, kind, message | nothing (waited)
  *   h:rest()   -> the whole remaining body if the transfer is complete, else nil
  *   h:info()   -> { connect_ms, first_byte_ms, total_ms, ip, reused }
@@ -16,6 +23,7 @@
  * Error kinds: "connect", "dns", "timeout", "reset", "tls", "error". */
 #include "moongate/app.h"
 #include "moongate/fetch.h"
+#include "moongate/forward.h"
 #include "moongate/lua_api.h"
 #include "moongate/worker.h"
 
@@ -29,10 +37,38 @@
 
 typedef struct { mg_fetch *f; } fetch_ud;
 
-static mg_fetch *check_fetch(lua_State *L) {
-  fetch_ud *u = luaL_checkudata(L, 1, FETCH_MT);
+mg_fetch *mg_lua_check_fetch(lua_State *L, int idx) {
+  fetch_ud *u = luaL_checkudata(L, idx, FETCH_MT);
   if (!u->f) luaL_error(L, "fetch handle used after close");
   return u->f;
+}
+
+static mg_fetch *check_fetch(lua_State *L) { return mg_lua_check_fetch(L, 1); }
+
+/* The forwarded lines (forward = true), "Name: value\n" each, in the
+ * worker's scratch buffer; returns how many. */
+static int forward_lines(lua_State *L, mg_coctx *cx, mg_buf *out) {
+  if (!cx->req) luaL_error(L, "fetch: forward = true needs a request being served");
+  const char *names[32];
+  size_t lens[32];
+  mg_forward_drop drop = { names, lens, 0 };
+  lua_getfield(L, 1, "drop");
+  if (lua_istable(L, -1)) {
+    int n = (int)lua_objlen(L, -1);
+    if (n > 32) luaL_error(L, "fetch: at most 32 names in drop");
+    for (int i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      names[i - 1] = luaL_checklstring(L, -1, &lens[i - 1]);   /* kept alive by the table */
+      lua_pop(L, 1);
+    }
+    drop.n = n;
+  }
+  lua_pop(L, 1);
+  out->len = 0;
+  mg_forward_request_lines(cx->req, &drop, out);
+  int n = 0;
+  for (size_t i = 0; i < out->len; i++) n += out->data[i] == '\n';
+  return n;
 }
 
 static long opt_ms(lua_State *L, int t, const char *key, long dflt) {
@@ -60,16 +96,32 @@ static int l_fetch(lua_State *L) {
   /* url, method and body stay on the stack (so their strings stay alive)
    * until mg_fetch_start has copied them. */
 
-  /* Headers: a list of "Name: value" lines, checked before anything starts. */
-  mg_fetch_line stack_lines[32], *lines = stack_lines;
+  /* Headers: the forwarded ones, then a list of "Name: value" lines,
+   * checked before anything starts. */
+  mg_fetch_line stack_lines[48], *lines = stack_lines;
+  int nfwd = 0;
+  mg_buf *fwd = &w->fwdbuf;
+  lua_getfield(L, 1, "forward");
+  if (lua_toboolean(L, -1)) nfwd = forward_lines(L, cx, fwd);
+  lua_pop(L, 1);
   lua_getfield(L, 1, "headers");
-  if (lua_istable(L, -1)) {
-    int n = (int)lua_objlen(L, -1);
+  {
+    int n = nfwd + (lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0);
     if (n > (int)(sizeof stack_lines / sizeof *stack_lines)) {
       /* A userdata: collected with the call's stack, even if we raise. */
       lines = lua_newuserdata(L, (size_t)n * sizeof *lines);
       lua_insert(L, -2);
     }
+    for (const char *p = fwd->data, *end = fwd->data + fwd->len; p < end; ) {
+      const char *eol = memchr(p, '\n', (size_t)(end - p));
+      lines[spec.nheaders].p = p;
+      lines[spec.nheaders].len = (size_t)(eol - p);
+      spec.nheaders++;
+      p = eol + 1;
+    }
+  }
+  if (lua_istable(L, -1)) {
+    int n = (int)lua_objlen(L, -1);
     luaL_checkstack(L, n + 8, "fetch: too many headers");
     int tbl = lua_gettop(L);
     for (int i = 1; i <= n; i++) {
@@ -126,15 +178,16 @@ static int park(lua_State *L, mg_fetch *f, int what) {
 
 /* Pushes the response headers as { name = value } with lower-case names;
  * repeated headers are joined with ", " (set-cookie with "\n"). */
-static void push_headers(lua_State *L, mg_fetch *f) {
-  lua_newtable(L);
+static void push_headers_filtered(lua_State *L, mg_fetch *f, const char *conn,
+                                  size_t connlen, int keep_length) {
   const char *p = f->head.data ? f->head.data : "";
   const char *end = p + f->head.len;
   while (p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
     if (!eol) eol = end;
     const char *colon = memchr(p, ':', (size_t)(eol - p));
-    if (colon) {
+    if (colon && (keep_length < 0 ||
+                  mg_forward_response_keeps(p, (size_t)(colon - p), conn, connlen, keep_length))) {
       char name[128];
       size_t nl = (size_t)(colon - p);
       if (nl >= sizeof name) nl = sizeof name - 1;
@@ -159,6 +212,11 @@ static void push_headers(lua_State *L, mg_fetch *f) {
   }
 }
 
+static void push_headers(lua_State *L, mg_fetch *f) {
+  lua_newtable(L);
+  push_headers_filtered(L, f, NULL, 0, -1);
+}
+
 static int l_head(lua_State *L) {
   mg_fetch *f = check_fetch(L);
   if (f->head_done) {
@@ -174,6 +232,28 @@ static int l_head(lua_State *L) {
     return push_failure(L, f);
   }
   return park(L, f, MG_FETCH_WAIT_HEAD);
+}
+
+static int l_status(lua_State *L) {
+  mg_fetch *f = check_fetch(L);
+  if (f->head_done) {
+    lua_pushinteger(L, f->status);
+    return 1;
+  }
+  if (f->done) return l_head(L);     /* the failure */
+  return park(L, f, MG_FETCH_WAIT_HEAD);
+}
+
+static int l_relay_headers(lua_State *L) {
+  mg_fetch *f = check_fetch(L);
+  if (!f->head_done) luaL_error(L, "relay_headers: the response head has not arrived");
+  int keep_length = lua_toboolean(L, 2);
+  const char *head = f->head.data ? f->head.data : "";
+  size_t connlen = 0;
+  const char *conn = mg_forward_find(head, f->head.len, "connection", 10, &connlen);
+  lua_newtable(L);
+  push_headers_filtered(L, f, conn, connlen, keep_length);
+  return 1;
 }
 
 static int l_read(lua_State *L) {
@@ -232,7 +312,8 @@ static int l_close(lua_State *L) {
 
 void mg_lua_open_fetch(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"head", l_head}, {"read", l_read}, {"rest", l_rest}, {"info", l_info},
+    {"head", l_head}, {"status", l_status}, {"relay_headers", l_relay_headers},
+    {"read", l_read}, {"rest", l_rest}, {"info", l_info},
     {"close", l_close}, {NULL, NULL}};
   luaL_newmetatable(L, FETCH_MT);
   lua_newtable(L);

@@ -212,3 +212,18 @@ int mg_parse_listen(const char *s, char *host, size_t hostlen, int *port,
 int mg_strcaseeq(const char *a, size_t alen, const char *b, size_t blen) {
   return alen == blen && strncasecmp(a, b, alen) == 0;
 }
+
+void mg_random_hex(char *out, int n) {
+  static __thread uint64_t state;
+  if (!state) {
+    state = mg_now_ms() ^ ((uint64_t)(uintptr_t)&state << 16);
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f) { if (fread(&state, sizeof state, 1, f) != 1) state ^= 0x9e3779b97f4a7c15ULL; fclose(f); }
+    if (!state) state = 0x9e3779b97f4a7c15ULL;
+  }
+  static const char hex[] = "0123456789abcdef";
+  for (int i = 0; i < n; i++) {
+    state ^= state << 13; state ^= state >> 7; state ^= state << 17;   /* xorshift64 */
+    out[i] = hex[state & 15];
+  }
+}

@@ -201,6 +201,7 @@ void mg_worker_new_request_id(mg_worker *w, char *out, size_t outlen) {
 
 static void on_flush(uv_prepare_t *p) {
   mg_worker *w = p->data;
+  mg_h1_flush(w);
   if (w->access_log.len) {
     mg_log_write(1, w->access_log.data, w->access_log.len);
     w->access_log.len = 0;
@@ -335,6 +336,7 @@ static void worker_main(void *arg) {
   mg_buf_free(&w->access_log);
   mg_buf_free(&w->scratch);
   mg_buf_free(&w->hdrbuf);
+  mg_buf_free(&w->fwdbuf);
   if (uv_loop_close(&w->loop) != 0)
     mg_log(MG_LOG_WARN, NULL, "worker %d: loop closed with open handles", w->id);
 }

@@ -57,6 +57,7 @@ typedef struct mg_request {
   uint64_t start_ns, done_ns;    /* uv_hrtime() */
   mg_buf log_extra;            /* extra access-log members from Lua */
   char id[72];
+  char traceparent[56];        /* made on first use (forward.c); "" until then */
   char remote_ip[64];
   int remote_port;
 } mg_request;

@@ -10,6 +10,8 @@ struct lua_State;
 int mg_luaopen_core(struct lua_State *L);
 /* Adds core.fetch and the fetch handle type (lua_fetch.c). */
 void mg_lua_open_fetch(struct lua_State *L);
+/* The transfer behind a fetch handle at idx (raises if it is not one). */
+struct mg_fetch *mg_lua_check_fetch(struct lua_State *L, int idx);
 /* Adds core.shdict and the shared dictionary type (lua_shdict.c). */
 void mg_lua_open_shdict(struct lua_State *L);
 /* Creates a Lua state with the standard libraries, cjson and moongate.core

@@ -43,6 +43,10 @@ int64_t mg_parse_duration_ms(const char *s);
 int mg_parse_listen(const char *s, char *host, size_t hostlen, int *port,
                     const char **err);
 
+/* n random lower-case hex digits (not NUL-terminated); a fast per-thread
+ * generator seeded from /dev/urandom: ids, not secrets. */
+void mg_random_hex(char *out, int n);
+
 int mg_strcaseeq(const char *a, size_t alen, const char *b, size_t blen);
 
 #endif

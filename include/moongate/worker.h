@@ -49,6 +49,7 @@ struct mg_worker {
   mg_buf access_log;
   mg_buf scratch;                 /* response serialization, reused */
   mg_buf hdrbuf;                  /* headers from Lua, reused */
+  mg_buf fwdbuf;                  /* forwarded request lines (lua_fetch.c), reused */
   char date[64];
   uint64_t date_sec;
   char id_prefix[17];

@@ -34,34 +34,31 @@ local M = { registry = {} }
 local relay
 local methods = request.methods
 
-local function random_hex(n)
-  return core.random_hex(n)
-end
-
--- W3C trace context: keep the caller's trace id, new span for our hop.
+-- W3C trace context: the client's trace id (or a new one), a new span for
+-- our hop; made once per request by the C side, which also sends it.
 local function traceparent(r)
   local ctx = r.ctx
-  if ctx.traceparent then return ctx.traceparent end
-  local incoming = r.headers["traceparent"]
-  local trace_id = incoming and incoming:match("^00%-(%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x)%-%x+%-%x%x$")
-  if not trace_id or trace_id == string.rep("0", 32) then trace_id = random_hex(32) end
-  ctx.trace_id = trace_id
-  ctx.traceparent = string.format("00-%s-%s-01", trace_id:lower(), random_hex(16))
-  return ctx.traceparent
+  local tp = ctx.traceparent
+  if tp then return tp end
+  tp = core.traceparent(r._cx, r._sn)
+  ctx.traceparent, ctx.trace_id = tp, tp:sub(4, 35)
+  return tp
 end
 M.traceparent = traceparent
 
 local encode_query = request.encode_query
 
+local function add_lines(into, k, v)
+  if type(v) == "table" then
+    for _, x in ipairs(v) do into[#into + 1] = k .. ": " .. tostring(x) end
+  else
+    into[#into + 1] = k .. ": " .. tostring(v)
+  end
+end
+
 local function header_lines(map, into)
   into = into or {}
-  for k, v in pairs(map) do
-    if type(v) == "table" then
-      for _, x in ipairs(v) do into[#into + 1] = k .. ": " .. tostring(x) end
-    else
-      into[#into + 1] = k .. ": " .. tostring(v)
-    end
-  end
+  for k, v in pairs(map) do add_lines(into, k, v) end
   return into
 end
 
@@ -154,40 +151,62 @@ function methods.fetch(r, target, opts)
   return setmetatable({ status = status, headers = rh, body = data }, Response)
 end
 
+local NO_LINES = {}
+
+-- What the handler's and policies' rewrites change in the forwarded head:
+-- header lines to add and lower-case names to leave out of the client's.
+-- Later sources win: req:set_header(), req.upstream_headers (false removes;
+-- key-auth hides the client's credentials this way), opts.headers.
+local function overrides(sources)
+  local set = {}
+  for i = 1, 3 do
+    local src = sources[i]
+    if src then
+      for k, v in pairs(src) do set[k:lower()] = v end
+    end
+  end
+  local lines, drop = {}, {}
+  for k, v in pairs(set) do
+    drop[#drop + 1] = k
+    if v then add_lines(lines, k, v) end
+  end
+  return lines, drop
+end
+
+-- A proxied answer: its headers stay in the C handle and are relayed as they
+-- are, unless Lua looks at res.headers -- then they become a table (minus
+-- hop-by-hop ones) that response policies may change like any other.
+local UpstreamAnswer = {
+  __index = function(res, k)
+    if k ~= "headers" then return nil end
+    local h = rawget(res, "upstream")
+    local t = h and h:relay_headers(res.keep_length) or {}
+    rawset(res, "headers", t)
+    return t
+  end,
+}
+
 function methods.proxy(r, name, opts)
   opts = opts or {}
   local up = M.registry[name]
   if not up then error(string.format("unknown upstream %q", tostring(name)), 2) end
-  -- Request headers: the client's, minus hop-by-hop, plus forwarding facts.
-  local incoming = r:all_headers()
-  local drop = {}
-  if incoming.connection then
-    for tok in incoming.connection:gmatch("[^,%s]+") do drop[tok:lower()] = true end
+  -- Request headers: the client's, minus hop-by-hop, plus forwarding facts,
+  -- composed by the C side (forward.c); only the rewrites are made here.
+  local lines, drop = NO_LINES, nil
+  local hs, uh, oh = rawget(r, "_hdr_set"), rawget(r, "upstream_headers"), opts.headers
+  if (hs and next(hs)) or (uh and next(uh)) or (oh and next(oh)) then
+    lines, drop = overrides({ hs, uh, oh })
   end
-  local set = {}
-  for k, v in pairs(incoming) do
-    if not upstream.hop[k] and not drop[k] then set[k] = v end
-  end
-  local xff = incoming["x-forwarded-for"]
-  set["x-forwarded-for"] = xff and (xff .. ", " .. r.remote_addr) or r.remote_addr
-  set["x-forwarded-proto"] = "http"
-  set["x-forwarded-host"] = incoming.host
-  set["x-request-id"] = r.id
-  set["traceparent"] = traceparent(r)
-  -- req.upstream_headers: a value sets a header, false removes one (key-auth
-  -- hides the client's credentials this way).
-  for k, v in pairs(rawget(r, "upstream_headers") or {}) do set[k:lower()] = v or nil end
-  for k, v in pairs(opts.headers or {}) do set[k:lower()] = v end
-  local lines = header_lines(set)
 
   local path = opts.path or r.path
   local q = opts.query and encode_query(opts.query) or r.query_string
   local method = opts.method or r.method
   local body = opts.body or r:body()
   if body == "" and (method == "GET" or method == "HEAD") then body = nil end
-  local h, t, status, rh = up:request({
-    method = method, path_and_query = path .. (q ~= "" and ("?" .. q) or ""),
-    headers = lines, body = body, key = opts.key, request_id = r.id,
+  local h, t, status = up:request({
+    method = method, path_and_query = q ~= "" and (path .. "?" .. q) or path,
+    headers = lines, drop = drop, forward = true, status_only = true,
+    body = body, key = opts.key, request_id = r.id,
   })
   if not h then
     local kind, msg = t, status
@@ -198,6 +217,7 @@ function methods.proxy(r, name, opts)
   end
   if request.hooks.access_log then
     local info = h:info()
+    traceparent(r)
     r:log_field("upstream", up.name)
     r:log_field("upstream_target", t.url)
     r:log_field("upstream_status", status)
@@ -206,34 +226,27 @@ function methods.proxy(r, name, opts)
     r:log_field("trace_id", r.ctx.trace_id)
   end
 
-  -- Response headers: minus hop-by-hop, also those the upstream's
-  -- Connection header names. A HEAD answer keeps the upstream's length.
-  local rdrop = {}
-  if rh.connection then
-    for tok in rh.connection:gmatch("[^,%s]+") do rdrop[tok:lower()] = true end
-  end
-  local out = {}
-  for k, v in pairs(rh) do
-    if not upstream.hop_response[k] and not rdrop[k] then out[k] = v end
-  end
-  if method == "HEAD" and rh["content-length"] then out["Content-Length"] = rh["content-length"] end
+  -- The answer: a HEAD answer keeps the upstream's Content-Length. The
+  -- handle stays open until the runtime has sent the head (it closes it).
+  local res = setmetatable({ status = status, raw = true, upstream = h,
+                             keep_length = r.method == "HEAD" }, UpstreamAnswer)
   local on_chunk = opts.on_chunk
   local whole = not on_chunk and h:rest()
   if whole then
-    h:close()
     up:done(t)
-    return { status = status, headers = out, body = whole, raw = true }
+    res.body = whole
+    return res
   end
-  local ok, err = pcall(relay, r, up, t, h, status, out, on_chunk)
+  local ok, err = pcall(relay, r, up, t, h, res, on_chunk)
   h:close()
   up:done(t)
   if not ok then error(err, 0) end
 end
 
 -- Streams the rest of an upstream answer to the client.
-function relay(r, up, t, h, status, out, on_chunk)
+function relay(r, up, t, h, res, on_chunk)
   -- Relay as it arrives.
-  r:stream(status, out)
+  request.stream_response(r, res)
   while true do
     local chunk, kind, msg = upstream.read_chunk(h)
     if chunk == false then break end

@@ -175,12 +175,18 @@ end
 function methods.abort(r) core.abort(r._cx, r._sn) end
 
 -- Streaming. The response policies run on the status and headers first.
-function methods.stream(r, status, headers)
-  if r._res then error("the response has already started", 2) end
-  local res = { status = status or 200, headers = headers or {}, streaming = true }
+-- A proxied answer (res.upstream) whose headers nobody looked at relays the
+-- upstream's head from C.
+local function stream_response(r, res)
+  if rawget(r, "_res") then error("the response has already started", 3) end
+  res.streaming = true
   r._res = res
   hooks.response_phase(r, res)
-  return core.stream_start(r._cx, r._sn, res.status, res.headers)
+  return core.stream_start(r._cx, r._sn, res.status, rawget(res, "headers"), rawget(res, "upstream"))
+end
+
+function methods.stream(r, status, headers)
+  return stream_response(r, { status = status or 200, headers = headers or {} })
 end
 
 function methods.write(r, chunk)
@@ -197,7 +203,7 @@ function methods.finish(r)
 end
 
 local M = { Request = Request, methods = methods, parse_query = parse_query,
-            encode_query = encode_query,
+            encode_query = encode_query, stream_response = stream_response,
             hooks = hooks }
 
 function M.new(fields)

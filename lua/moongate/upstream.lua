@@ -171,6 +171,12 @@ local function wait_head(h)
   return status, a, b
 end
 
+local function wait_status(h)
+  local status, a, b = h:status()
+  while status == nil and a == nil do status, a, b = h:status() end
+  return status, a, b
+end
+
 local function read_chunk(h)
   local chunk, kind, msg = h:read()
   while chunk == nil and kind == nil do chunk, kind, msg = h:read() end
@@ -263,8 +269,9 @@ local NOTHING_TRIED = setmetatable({}, { __newindex = function() error("read-onl
 
 -- One request through the upstream, with balancing and retries. `spec`:
 -- { method, path_and_query, headers (list of "Name: value"), body, key,
---   timeout (ms), request_id, log_fields }.
--- Returns the open handle, the target, status, headers -- or nil, kind, msg.
+--   timeout (ms), request_id, forward, drop (see core.fetch), status_only }.
+-- Returns the open handle, the target, status, headers (nil with
+-- status_only: read them from the handle) -- or nil, kind, msg.
 function M:request(spec)
   local attempts = 1 + self.retries
   if not (idempotent[spec.method] or self.retry_non_idempotent) then attempts = 1 end
@@ -279,10 +286,12 @@ function M:request(spec)
       url = t.url .. spec.path_and_query, method = spec.method, headers = spec.headers,
       body = spec.body, connect_timeout = self.connect_timeout,
       timeout = spec.timeout or self.timeout, read_timeout = self.read_timeout,
-      verify = self.verify_tls,
+      verify = self.verify_tls, forward = spec.forward, drop = spec.drop,
     })
     local status, headers
-    if h then status, kind, msg = wait_head(h) end
+    if h then
+      if spec.status_only then status, kind, msg = wait_status(h) else status, kind, msg = wait_head(h) end
+    end
     if status then
       headers = kind
       local retryable = self.retry_set[tostring(status)] and attempt < attempts

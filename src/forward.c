@@ -1,0 +1,147 @@
+/* Header work of a proxy hop. See include/moongate/forward.h. */
+#include "moongate/forward.h"
+
+#include <string.h>
+#include <strings.h>
+
+/* Hop-by-hop (RFC 9110 7.6.1) and what the client side of the hop computes
+ * itself (Host from the target URL, Content-Length from the body). */
+static const struct { const char *name; size_t len; } request_hop[] = {
+  {"connection", 10}, {"keep-alive", 10}, {"proxy-connection", 16}, {"te", 2},
+  {"trailer", 7}, {"transfer-encoding", 17}, {"upgrade", 7}, {"content-length", 14},
+  {"host", 4}, {"expect", 6},
+  /* set below from the facts of this hop */
+  {"x-forwarded-for", 15}, {"x-forwarded-proto", 17}, {"x-forwarded-host", 16},
+  {"x-request-id", 12}, {"traceparent", 11},
+};
+
+static const struct { const char *name; size_t len; } response_hop[] = {
+  {"connection", 10}, {"keep-alive", 10}, {"proxy-connection", 16}, {"te", 2},
+  {"trailer", 7}, {"transfer-encoding", 17}, {"upgrade", 7}, {"date", 4},
+};
+
+/* Whether `name` is one of the comma-separated tokens of a Connection value. */
+static int connection_names(const char *conn, size_t connlen, const char *name, size_t nlen) {
+  const char *p = conn, *end = conn + connlen;
+  while (p < end) {
+    while (p < end && (*p == ',' || *p == ' ' || *p == '\t')) p++;
+    const char *tok = p;
+    while (p < end && *p != ',' && *p != ' ' && *p != '\t') p++;
+    if (p > tok && mg_strcaseeq(tok, (size_t)(p - tok), name, nlen)) return 1;
+  }
+  return 0;
+}
+
+static int dropped(const mg_forward_drop *drop, const char *name, size_t nlen) {
+  if (!drop) return 0;
+  for (int i = 0; i < drop->n; i++)
+    if (mg_strcaseeq(drop->names[i], drop->lens[i], name, nlen)) return 1;
+  return 0;
+}
+
+static void line(mg_buf *out, const char *name, size_t nlen, const char *v, size_t vlen) {
+  mg_buf_reserve(out, nlen + vlen + 3);
+  memcpy(out->data + out->len, name, nlen);
+  out->data[out->len + nlen] = ':';
+  out->data[out->len + nlen + 1] = ' ';
+  memcpy(out->data + out->len + nlen + 2, v, vlen);
+  out->data[out->len + nlen + 2 + vlen] = '\n';
+  out->len += nlen + vlen + 3;
+}
+
+void mg_forward_request_lines(mg_request *req, const mg_forward_drop *drop, mg_buf *out) {
+  size_t connlen = 0, hostlen = 0;
+  const char *conn = mg_request_header(req, "connection", 10, &connlen);
+  const char *host = mg_request_header(req, "host", 4, &hostlen);
+  for (int i = 0; i < req->nhdr; i++) {
+    const mg_header *h = &req->hdr[i];
+    const char *name = req->head.data + h->name;
+    int skip = 0;
+    for (size_t k = 0; k < sizeof request_hop / sizeof *request_hop && !skip; k++)
+      skip = mg_strcaseeq(name, h->name_len, request_hop[k].name, request_hop[k].len);
+    if (skip || (conn && connection_names(conn, connlen, name, h->name_len)) ||
+        dropped(drop, name, h->name_len))
+      continue;
+    line(out, name, h->name_len, req->head.data + h->value, h->value_len);
+  }
+  if (!dropped(drop, "x-forwarded-for", 15)) {
+    /* The chain the client sent (every such header, in order), then it. */
+    mg_buf_append(out, "X-Forwarded-For: ", 17);
+    for (int i = 0; i < req->nhdr; i++) {
+      const mg_header *h = &req->hdr[i];
+      if (!mg_strcaseeq(req->head.data + h->name, h->name_len, "x-forwarded-for", 15)) continue;
+      mg_buf_append(out, req->head.data + h->value, h->value_len);
+      mg_buf_append(out, ", ", 2);
+    }
+    mg_buf_appends(out, req->remote_ip);
+    mg_buf_append(out, "\n", 1);
+  }
+  if (!dropped(drop, "x-forwarded-proto", 17)) line(out, "X-Forwarded-Proto", 17, "http", 4);
+  if (host && !dropped(drop, "x-forwarded-host", 16)) line(out, "X-Forwarded-Host", 16, host, hostlen);
+  if (!dropped(drop, "x-request-id", 12)) line(out, "X-Request-ID", 12, req->id, strlen(req->id));
+  if (!dropped(drop, "traceparent", 11)) line(out, "traceparent", 11, mg_forward_traceparent(req), 55);
+}
+
+static int is_hex(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return 0;
+  }
+  return 1;
+}
+
+const char *mg_forward_traceparent(mg_request *req) {
+  char *tp = req->traceparent;
+  if (tp[0]) return tp;
+  size_t vlen = 0;
+  const char *in = mg_request_header(req, "traceparent", 11, &vlen);
+  /* "00-<32 hex trace id>-<hex parent id>-<2 hex flags>", trace id not all zero */
+  int valid = in && vlen >= 3 + 32 + 1 + 1 + 1 + 2 && memcmp(in, "00-", 3) == 0 &&
+              is_hex(in + 3, 32) && in[35] == '-' && in[vlen - 3] == '-' &&
+              is_hex(in + vlen - 2, 2) && vlen - 3 > 36 && is_hex(in + 36, vlen - 3 - 36);
+  if (valid) {
+    valid = 0;
+    for (int i = 3; i < 35; i++) if (in[i] != '0') valid = 1;
+  }
+  memcpy(tp, "00-", 3);
+  if (valid) {
+    for (int i = 0; i < 32; i++) {
+      char c = in[3 + i];
+      tp[3 + i] = (c >= 'A' && c <= 'F') ? (char)(c + 32) : c;
+    }
+  } else {
+    mg_random_hex(tp + 3, 32);
+  }
+  tp[35] = '-';
+  mg_random_hex(tp + 36, 16);
+  memcpy(tp + 52, "-01", 4);   /* with the NUL */
+  return tp;
+}
+
+int mg_forward_response_keeps(const char *name, size_t nlen, const char *conn,
+                              size_t connlen, int keep_length) {
+  for (size_t k = 0; k < sizeof response_hop / sizeof *response_hop; k++)
+    if (mg_strcaseeq(name, nlen, response_hop[k].name, response_hop[k].len)) return 0;
+  if (!keep_length && mg_strcaseeq(name, nlen, "content-length", 14)) return 0;
+  if (conn && connection_names(conn, connlen, name, nlen)) return 0;
+  return 1;
+}
+
+const char *mg_forward_find(const char *head, size_t len, const char *name,
+                            size_t nlen, size_t *vlen) {
+  const char *p = head, *end = head + len;
+  while (p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    if (!eol) eol = end;
+    const char *colon = memchr(p, ':', (size_t)(eol - p));
+    if (colon && mg_strcaseeq(p, (size_t)(colon - p), name, nlen)) {
+      const char *v = colon + 1, *ve = eol;
+      while (v < ve && (*v == ' ' || *v == '\t')) v++;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      *vlen = (size_t)(ve - v);
+      return v;
+    }
+    p = eol + 1;
+  }
+  return NULL;
+}
