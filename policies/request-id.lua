@@ -19,7 +19,9 @@ local function adopt(conf, req)
       core.set_id(req._cx, req._sn, incoming)
     end
   end
-  req.upstream_headers[conf.header] = req.id
+  -- A proxied request carries X-Request-ID: <req.id> already; another
+  -- header name has to be asked for.
+  if not conf.default_header then req.upstream_headers[conf.header] = req.id end
 end
 
 return {
@@ -27,6 +29,9 @@ return {
     header = { type = "string", default = "X-Request-ID" },
     trust_incoming = { type = "boolean", default = true },
   },
+  init = function(conf)
+    conf.default_header = conf.header:lower() == "x-request-id"
+  end,
   access = adopt,
   response = function(conf, req, res)
     adopt(conf, req)                  -- also for answers that skipped access (404)

@@ -222,8 +222,13 @@ void mg_random_hex(char *out, int n) {
     if (!state) state = 0x9e3779b97f4a7c15ULL;
   }
   static const char hex[] = "0123456789abcdef";
+  uint64_t bits = 0;
   for (int i = 0; i < n; i++) {
-    state ^= state << 13; state ^= state >> 7; state ^= state << 17;   /* xorshift64 */
-    out[i] = hex[state & 15];
+    if (i % 16 == 0) {
+      state ^= state << 13; state ^= state >> 7; state ^= state << 17;   /* xorshift64 */
+      bits = state;
+    }
+    out[i] = hex[bits & 15];
+    bits >>= 4;
   }
 }

@@ -157,20 +157,15 @@ local NO_LINES = {}
 -- header lines to add and lower-case names to leave out of the client's.
 -- Later sources win: req:set_header(), req.upstream_headers (false removes;
 -- key-auth hides the client's credentials this way), opts.headers.
-local function overrides(sources)
-  local set = {}
-  for i = 1, 3 do
-    local src = sources[i]
-    if src then
-      for k, v in pairs(src) do set[k:lower()] = v end
+local function overrides(lines, drop, seen, src)
+  for k, v in pairs(src) do
+    local name = k:lower()
+    if not seen[name] then
+      seen[name] = true
+      drop[#drop + 1] = name
+      if v then add_lines(lines, k, v) end
     end
   end
-  local lines, drop = {}, {}
-  for k, v in pairs(set) do
-    drop[#drop + 1] = k
-    if v then add_lines(lines, k, v) end
-  end
-  return lines, drop
 end
 
 -- A proxied answer: its headers stay in the C handle and are relayed as they
@@ -195,7 +190,11 @@ function methods.proxy(r, name, opts)
   local lines, drop = NO_LINES, nil
   local hs, uh, oh = rawget(r, "_hdr_set"), rawget(r, "upstream_headers"), opts.headers
   if (hs and next(hs)) or (uh and next(uh)) or (oh and next(oh)) then
-    lines, drop = overrides({ hs, uh, oh })
+    local seen = {}
+    lines, drop = {}, {}
+    if oh then overrides(lines, drop, seen, oh) end     -- the last source wins
+    if uh then overrides(lines, drop, seen, uh) end
+    if hs then overrides(lines, drop, seen, hs) end
   end
 
   local path = opts.path or r.path
