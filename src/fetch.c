@@ -205,6 +205,14 @@ void mg_fetch_shutdown(mg_worker *w) {
   while (w->easy_pool_n > 0) curl_easy_cleanup(w->easy_pool[--w->easy_pool_n]);
   curl_multi_cleanup(w->curl_multi);      /* closes cached connections */
   w->curl_multi = NULL;
+  while (w->fetch_free) {
+    mg_fetch *f = w->fetch_free;
+    w->fetch_free = f->next_all;
+    mg_buf_free(&f->head);
+    mg_buf_free(&f->body);
+    free(f);
+  }
+  w->nfetch_free = 0;
   uv_walk(&w->loop, close_poll, NULL);
   free(w->socks);
   w->socks = NULL;
@@ -232,8 +240,24 @@ static void easy_put(mg_worker *w, CURL *easy) {
   }
 }
 
+/* Finished transfers are kept per worker with their buffers (one proxied
+ * request would otherwise cost half a dozen allocations). */
+#define FETCH_FREE_MAX 64
+#define FETCH_KEEP_BUF 16384
+
 static mg_fetch *fetch_new(mg_worker *w) {
-  mg_fetch *f = mg_xcalloc(1, sizeof *f);
+  mg_fetch *f = w->fetch_free;
+  if (f) {
+    w->fetch_free = f->next_all;
+    w->nfetch_free--;
+    mg_buf head = f->head, body = f->body;
+    memset(f, 0, sizeof *f);
+    head.len = body.len = 0;
+    f->head = head;
+    f->body = body;
+  } else {
+    f = mg_xcalloc(1, sizeof *f);
+  }
   f->w = w;
   f->max_buffer = 256 * 1024;
   f->next_all = w->fetch_all;
@@ -365,11 +389,19 @@ void mg_fetch_free(mg_fetch *f) {
   if (f->easy) easy_put(w, f->easy);
   curl_slist_free_all(f->req_headers);
   free(f->req_body);
-  mg_buf_free(&f->head);
-  mg_buf_free(&f->body);
   if (f->prev_all) f->prev_all->next_all = f->next_all;
   else w->fetch_all = f->next_all;
   if (f->next_all) f->next_all->prev_all = f->prev_all;
+  if (f->head.cap > FETCH_KEEP_BUF) mg_buf_free(&f->head);
+  if (f->body.cap > FETCH_KEEP_BUF) mg_buf_free(&f->body);
+  if (w->nfetch_free < FETCH_FREE_MAX && w->curl_multi) {
+    f->next_all = w->fetch_free;           /* reset by fetch_new */
+    w->fetch_free = f;
+    w->nfetch_free++;
+    return;
+  }
+  mg_buf_free(&f->head);
+  mg_buf_free(&f->body);
   free(f);
 }
 

@@ -94,6 +94,8 @@ struct mg_h1_pool {
   h1_conn *idle_head, *idle_tail;         /* most recently used first */
   mg_h1_exchange *running;
   mg_h1_exchange *send_head, **send_tail;   /* requests waiting for mg_h1_flush */
+  mg_h1_exchange *free_x;                   /* finished exchanges kept for reuse */
+  int nfree_x;
 };
 
 static const llhttp_settings_t *response_settings(void);
@@ -194,6 +196,12 @@ void mg_h1_pool_free(mg_h1_pool *pool) {
     mg_h1_stop(x->f);
   }
   while (pool->idle_head) conn_close(pool->idle_head);
+  while (pool->free_x) {
+    mg_h1_exchange *x = pool->free_x;
+    pool->free_x = x->run_next;
+    mg_buf_free(&x->out);
+    free(x);
+  }
   free(pool);
 }
 
@@ -780,9 +788,20 @@ int mg_h1_start(mg_fetch *f, const mg_fetch_spec *spec, char *err, size_t errlen
     snprintf(err, errlen, "the native client cannot carry this URL");
     return -1;
   }
-  mg_h1_exchange *x = mg_xcalloc(1, sizeof *x);
+  mg_h1_pool *pool = w->h1pool;
+  mg_h1_exchange *x = pool->free_x;
+  if (x) {                       /* reused with its head buffer */
+    pool->free_x = x->run_next;
+    pool->nfree_x--;
+    mg_buf out = x->out;
+    memset(x, 0, sizeof *x);
+    out.len = 0;
+    x->out = out;
+  } else {
+    x = mg_xcalloc(1, sizeof *x);
+  }
   x->f = f;
-  x->pool = w->h1pool;
+  x->pool = pool;
   f->h1 = x;
   memcpy(x->host, u.host, u.host_len);
   x->host[u.host_len] = '\0';
@@ -841,9 +860,16 @@ void mg_h1_free(mg_fetch *f) {
   mg_h1_exchange *x = f->h1;
   if (!x) return;
   mg_h1_stop(f);
+  f->h1 = NULL;
+  mg_h1_pool *pool = x->pool;
+  if (pool->nfree_x < 64 && x->out.cap <= 16384) {
+    x->run_next = pool->free_x;            /* reset by mg_h1_start */
+    pool->free_x = x;
+    pool->nfree_x++;
+    return;
+  }
   mg_buf_free(&x->out);
   free(x);
-  f->h1 = NULL;
 }
 
 void mg_h1_consumed(mg_fetch *f) {

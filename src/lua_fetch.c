@@ -4,10 +4,11 @@
  * is fetch.c's choice and invisible here.
  * lua/moongate/upstream.lua builds req:fetch() and req:proxy() on them.
  *
- *   h = core.fetch{ url =, method =, headers = { "Name: value", ... },
+ *   h = core.fetch{ url =, path =, method =, headers = { "Name: value", ... },
  *                   body =, connect_timeout =, timeout =, read_timeout = (ms),
  *                   verify = true,
  *                   forward = true, drop = { "lower-case-name", ... } }
+ *              path: appended to url (url is then a base like "http://h:80")
  *              forward: the current request's headers go first, as a proxy
  *              hop forwards them (forward.c); drop: names left out of them.
  *   h:head()   -> status, headers | nil, kind, message | nothing (waited:
@@ -89,6 +90,20 @@ static int l_fetch(lua_State *L) {
   spec.url = luaL_checklstring(L, -1, &spec.url_len);
   if (strncmp(spec.url, "http://", 7) != 0 && strncmp(spec.url, "https://", 8) != 0)
     luaL_error(L, "fetch: url must start with http:// or https://");
+  lua_getfield(L, 1, "path");
+  if (!lua_isnil(L, -1)) {
+    /* base .. path without a Lua string: the URL is only needed until
+     * mg_fetch_start has copied what it uses. */
+    size_t plen;
+    const char *path = luaL_checklstring(L, -1, &plen);
+    mg_buf *u = &w->urlbuf;
+    u->len = 0;
+    mg_buf_append(u, spec.url, spec.url_len);
+    mg_buf_append(u, path, plen);
+    mg_buf_append(u, "", 1);
+    spec.url = u->data;
+    spec.url_len = u->len - 1;
+  }
   lua_getfield(L, 1, "method");
   spec.method = luaL_optstring(L, -1, "GET");
   lua_getfield(L, 1, "body");

@@ -337,6 +337,7 @@ static void worker_main(void *arg) {
   mg_buf_free(&w->scratch);
   mg_buf_free(&w->hdrbuf);
   mg_buf_free(&w->fwdbuf);
+  mg_buf_free(&w->urlbuf);
   if (uv_loop_close(&w->loop) != 0)
     mg_log(MG_LOG_WARN, NULL, "worker %d: loop closed with open handles", w->id);
 }

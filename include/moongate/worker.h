@@ -40,6 +40,8 @@ struct mg_worker {
   uv_timer_t curl_timer;
   uv_idle_t fetch_idle;
   mg_fetch *fetch_ready, *fetch_all;
+  mg_fetch *fetch_free;           /* finished transfers kept for reuse (fetch.c) */
+  int nfetch_free;
   int fetch_pool_size;
   struct curl_sock **socks;       /* by fd: poll handles of curl's sockets */
   int nsocks;
@@ -50,6 +52,7 @@ struct mg_worker {
   mg_buf scratch;                 /* response serialization, reused */
   mg_buf hdrbuf;                  /* headers from Lua, reused */
   mg_buf fwdbuf;                  /* forwarded request lines (lua_fetch.c), reused */
+  mg_buf urlbuf;                  /* a fetch's base + path (lua_fetch.c), reused */
   char date[64];
   uint64_t date_sec;
   char id_prefix[17];

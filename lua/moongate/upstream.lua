@@ -92,8 +92,12 @@ function M.new(name, conf, where)
                    fails = 0, down_until = 0 }
   end
   c.name, c.targets = name, targets
+  -- Failure kinds ("timeout") and statuses, by name and by number.
   c.retry_set = {}
-  for _, k in ipairs(c.retry_on) do c.retry_set[k] = true end
+  for _, k in ipairs(c.retry_on) do
+    c.retry_set[k] = true
+    if tonumber(k) then c.retry_set[tonumber(k)] = true end
+  end
   local up = setmetatable(c, { __index = M })
   if c.health_check then
     up.check = schema.check(check_schema, c.health_check, where .. ": health_check")
@@ -267,7 +271,8 @@ M.messages = messages
 
 local NOTHING_TRIED = setmetatable({}, { __newindex = function() error("read-only", 2) end })
 
--- One request through the upstream, with balancing and retries. `spec`:
+-- One request through the upstream, with balancing and retries. `spec` (the
+-- caller's, used up by the call):
 -- { method, path_and_query, headers (list of "Name: value"), body, key,
 --   timeout (ms), request_id, forward, drop (see core.fetch), status_only }.
 -- Returns the open handle, the target, status, headers (nil with
@@ -277,29 +282,34 @@ function M:request(spec)
   if not (idempotent[spec.method] or self.retry_non_idempotent) then attempts = 1 end
   local tried = attempts > 1 and {} or NOTHING_TRIED
   local last_kind, last_msg = "unavailable", "every target is down"
+  -- The spec table becomes core.fetch's options: the target's URL and
+  -- this upstream's timeouts are filled in per attempt.
+  local path = spec.path_and_query
+  spec.path_and_query = nil
+  spec.path = path
+  spec.connect_timeout, spec.read_timeout, spec.verify =
+    self.connect_timeout, self.read_timeout, self.verify_tls
+  spec.timeout = spec.timeout or self.timeout
+  local retry_set = self.retry_set
   for attempt = 1, attempts do
     local t = self:pick(tried, spec.key)
     if not t then return nil, "unavailable", "every target of upstream " .. self.name .. " is down" end
     if attempts > 1 then tried[t] = true end
     t.active = t.active + 1
-    local h, kind, msg = core.fetch({
-      url = t.url .. spec.path_and_query, method = spec.method, headers = spec.headers,
-      body = spec.body, connect_timeout = self.connect_timeout,
-      timeout = spec.timeout or self.timeout, read_timeout = self.read_timeout,
-      verify = self.verify_tls, forward = spec.forward, drop = spec.drop,
-    })
+    spec.url = t.url
+    local h, kind, msg = core.fetch(spec)
     local status, headers
     if h then
       if spec.status_only then status, kind, msg = wait_status(h) else status, kind, msg = wait_head(h) end
     end
     if status then
       headers = kind
-      local retryable = self.retry_set[tostring(status)] and attempt < attempts
+      local retry = retry_set[status]
       -- Like nginx's max_fails: a status counts against the target only when
       -- it is one we retry on (502/503/504 by default), not any 5xx.
-      if self.retry_set[tostring(status)] then self:failed(t, tostring(status)) else self:succeeded(t) end
+      if retry then self:failed(t, tostring(status)) else self:succeeded(t) end
       -- The target stays busy (least-busy) until the caller calls done(t).
-      if not retryable then return h, t, status, headers end
+      if not (retry and attempt < attempts) then return h, t, status, headers end
       t.active = t.active - 1
       h:close()
       kind, msg = tostring(status), "upstream answered " .. status
@@ -314,7 +324,7 @@ function M:request(spec)
                            cjson.encode(self.name), cjson.encode(t.url), attempt,
                            cjson.encode(kind), cjson.encode(spec.request_id or "")))
     last_kind, last_msg = kind, msg
-    if not self.retry_set[kind] then break end
+    if not retry_set[kind] then break end
   end
   if tonumber(last_kind) then last_kind = "error" end
   return nil, last_kind, last_msg
