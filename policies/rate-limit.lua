@@ -72,8 +72,8 @@ end
 local function now_ms() return math.floor(core.now() * 1000) end
 
 -- Local algorithms: return used (after this request) and ms until reset.
-local function local_check(conf, k)
-  local d, w, now = conf.shared, conf.window, now_ms()
+local function local_check(conf, k, now)
+  local d, w = conf.shared, conf.window
   if conf.algorithm == "fixed" then
     local start = now - now % w
     local n = d:incr(k .. ":" .. start, 1, 0, w / 1000)
@@ -102,8 +102,8 @@ local function local_check(conf, k)
   return conf.limit + 1, interval                    -- heavy contention: refuse
 end
 
-local function redis_check(conf, k)
-  local w, now = conf.window, now_ms()
+local function redis_check(conf, k, now)
+  local w = conf.window
   local r, err
   if conf.algorithm == "fixed" then
     r, err = FIXED:run({ k .. ":" .. (now - now % w) }, { w })
@@ -143,18 +143,19 @@ return {
 
   access = function(conf, req)
     local k = conf.prefix .. key_of(conf, req)
+    local now = now_ms()
     local used, reset_ms
     if conf.store == "redis" then
       local err
-      used, reset_ms = redis_check(conf, k)
+      used, reset_ms = redis_check(conf, k, now)
       if not used then
         err = reset_ms
         if not conf.fault_tolerant then return 503, "rate limiting unavailable" end
         req.ctx.rate_limit_degraded = err
-        used, reset_ms = local_check(conf, k)       -- the same limit, per machine
+        used, reset_ms = local_check(conf, k, now)  -- the same limit, per machine
       end
     else
-      used, reset_ms = local_check(conf, k)
+      used, reset_ms = local_check(conf, k, now)
     end
     local reset = math.max(0, math.ceil(reset_ms / 1000))
     local remaining = math.max(0, conf.limit - used)

@@ -28,16 +28,18 @@ local methods = {}
 -- Set by the runtime: runs the route's response phase on (req, res).
 local hooks = {}
 
+-- A header as policies see it: rewritten by set_header(), else the client's.
+local function header(r, name)
+  local o = rawget(r, "_hdr_set")
+  if o then
+    local v = o[name:lower()]
+    if v ~= nil then return v or nil end       -- false: removed
+  end
+  return req_header(r._cx, r._sn, name)
+end
+
 local HeadersMT = {
-  __index = function(t, name)
-    local r = rawget(t, 1)
-    local o = rawget(r, "_hdr_set")
-    if o then
-      local v = o[name:lower()]
-      if v ~= nil then return v or nil end       -- false: removed
-    end
-    return req_header(r._cx, r._sn, name)
-  end,
+  __index = function(t, name) return header(rawget(t, 1), name) end,
   __newindex = function() error("req.headers is read-only; use req.upstream_headers", 2) end,
 }
 
@@ -100,7 +102,7 @@ Request.__index = function(r, k)
   return nil
 end
 
-function methods.header(r, name) return r.headers[name] end
+methods.header = header
 function methods.all_headers(r)
   local t = req_headers(r._cx, r._sn)
   for k, v in pairs(rawget(r, "_hdr_set") or {}) do t[k] = v or nil end
@@ -110,14 +112,18 @@ end
 -- A credential from `header` ("<scheme> <value>", scheme compared without
 -- case; scheme "" takes the whole value), else from the query argument
 -- `query_arg`. nil when neither has one. Used by key-auth and jwt.
-function methods.credential(r, header, scheme, query_arg)
-  local v = r.headers[header]
+local prefixes = {}      -- scheme -> { "Scheme ", "scheme " }
+function methods.credential(r, name, scheme, query_arg)
+  local v = r:header(name)
   if v then
-    local prefix = scheme ~= "" and (scheme .. " ") or ""
-    if prefix == "" then
+    if scheme == "" then
       if v ~= "" then return v end
-    elseif v:sub(1, #prefix):lower() == prefix:lower() and #v > #prefix then
-      return v:sub(#prefix + 1)
+    else
+      local n = #scheme + 1
+      local p = prefixes[scheme]
+      if not p then p = { scheme .. " ", scheme:lower() .. " " }; prefixes[scheme] = p end
+      local head = v:sub(1, n)
+      if #v > n and (head == p[1] or head:lower() == p[2]) then return v:sub(n + 1) end
     end
   end
   if query_arg then

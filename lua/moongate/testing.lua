@@ -68,6 +68,7 @@ local fake_methods = setmetatable({
     for k, v in pairs(rawget(r, "_hdr_set") or {}) do t[k] = v or nil end
     return t
   end,
+  header = function(r, name) return r.headers[name] end,
   log_field = function(r, k, v) r.logged[k] = v end,
   sleep = function() end,
 }, { __index = rmethods })
