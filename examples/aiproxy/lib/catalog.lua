@@ -170,25 +170,27 @@ local function cooling(id, now)
   return h ~= nil and h.cool_until > now
 end
 
+-- The channels of `list` worth trying, with their weights.
+local function candidates(list, tried, now, skip_cooling)
+  local total, cands, weights = 0, {}, {}
+  for _, c in ipairs(list) do
+    if not tried[c.id] and not (skip_cooling and cooling(c.id, now)) then
+      local ok_share = 1 - error_rate(c.id, now)
+      local w = math.max(c.priority, 0.1) * math.max(0.01, ok_share * ok_share)
+      cands[#cands + 1], weights[#weights + 1] = c, w
+      total = total + w
+    end
+  end
+  return cands, weights, total
+end
+
 -- A channel serving `model` not in `tried`, or nil.
 function M.pick(s, model, tried)
   local list = s.by_model[model]
   if not list then return nil end
   local now = core.now()
-  local function candidates(skip_cooling)
-    local total, cands, weights = 0, {}, {}
-    for _, c in ipairs(list) do
-      if not tried[c.id] and not (skip_cooling and cooling(c.id, now)) then
-        local ok_share = 1 - error_rate(c.id, now)
-        local w = math.max(c.priority, 0.1) * math.max(0.01, ok_share * ok_share)
-        cands[#cands + 1], weights[#weights + 1] = c, w
-        total = total + w
-      end
-    end
-    return cands, weights, total
-  end
-  local cands, weights, total = candidates(true)
-  if #cands == 0 then cands, weights, total = candidates(false) end
+  local cands, weights, total = candidates(list, tried, now, true)
+  if #cands == 0 then cands, weights, total = candidates(list, tried, now, false) end
   if #cands == 0 then return nil end
   local x = math.random() * total
   for i, c in ipairs(cands) do

@@ -49,28 +49,32 @@ end
 -- when an upstream reports no usage.
 local function text_tokens(s) return #s / 4 end
 
-local function prompt_estimate(body, kind)
+-- Tokens in a prompt part: a string, or a list of strings / {text=} parts.
+local function part_tokens(v)
+  if type(v) == "string" then return text_tokens(v) end
   local n = 0
-  local function add(v)
-    if type(v) == "string" then n = n + text_tokens(v)
-    elseif type(v) == "table" then
-      for _, x in ipairs(v) do
-        if type(x) == "string" then n = n + text_tokens(x)
-        elseif type(x) == "table" and type(x.text) == "string" then n = n + text_tokens(x.text)
-        else n = n + 1 end
-      end
+  if type(v) == "table" then
+    for _, x in ipairs(v) do
+      if type(x) == "string" then n = n + text_tokens(x)
+      elseif type(x) == "table" and type(x.text) == "string" then n = n + text_tokens(x.text)
+      else n = n + 1 end
     end
   end
+  return n
+end
+
+local function prompt_estimate(body, kind)
+  local n = 0
   if kind == "chat" then
     if type(body.messages) == "table" then
       for _, m in ipairs(body.messages) do
-        if type(m) == "table" then add(m.content) end
+        if type(m) == "table" then n = n + part_tokens(m.content) end
       end
     end
   elseif kind == "completions" then
-    add(body.prompt)
+    n = part_tokens(body.prompt)
   else
-    add(body.input)
+    n = part_tokens(body.input)
   end
   return math.max(1, math.ceil(n))
 end
@@ -92,6 +96,14 @@ local function upstream_message(status, text)
   return "upstream answered " .. status
 end
 
+-- The usage chunk of a stream whose upstream sent none (estimated).
+local function synth_usage(st, len)
+  local p, c = st.est_prompt, math.ceil(len / 4)
+  return json.encode({ id = "chatcmpl-" .. st.req_id, object = "chat.completion.chunk",
+                       created = math.floor(core.now()), model = st.model, choices = json.empty_array,
+                       usage = { prompt_tokens = p, completion_tokens = c, total_tokens = p + c } })
+end
+
 -- Streams an SSE answer to the client. Returns the usage seen (or nil), the
 -- completion text length, and how it ended: "done", "client", or "upstream".
 local function relay_sse(req, res, st)
@@ -104,8 +116,8 @@ local function relay_sse(req, res, st)
     local payload = ev:match("^data: ?(.*)$")
     if not payload or payload:find("\n", 1, true) then return ev .. "\n\n" end   -- comments, event: lines
     if payload == "[DONE]" then
-      if not usage_seen and st.client_usage and st.synth_usage then
-        return "data: " .. st.synth_usage(text_len) .. "\n\ndata: [DONE]\n\n"
+      if not usage_seen and st.client_usage then
+        return "data: " .. synth_usage(st, text_len) .. "\n\ndata: [DONE]\n\n"
       end
       return "data: [DONE]\n\n"
     end
@@ -156,54 +168,69 @@ local function relay_sse(req, res, st)
   return usage_seen, text_len, "done"
 end
 
+-- The request's log row is finished and queued (one per relayed request).
+-- These helpers take the request's state table `st` rather than being
+-- closures: a closure made per request keeps LuaJIT from compiling the relay.
+local function log(st, code, content)
+  local row = st.row
+  row.code, row.content = code, content or ""
+  row.latency_ms = now_ms() - st.t0
+  row.ttfb_ms = st.ttfb
+  accounting.push(row)
+end
+
+local function refuse(st, status, message, code, headers)
+  log(st, status, message)
+  return openai.error(status, message, code, headers)
+end
+
+-- The client left before any answer: nothing to send, the row says why.
+local function client_left(st, reservation)
+  st.row.client_aborted = true
+  limits.correct(reservation, 0)
+  log(st, 499, "client closed the request")
+  return 499, "client closed the request"
+end
+
 local function relay(req, ep)
   local tok = req.ctx.token
   local row = accounting.row(req, tok, ep.path)
   local t0 = now_ms()
-  local st = { t0 = t0, ttfb = 0 }
-  local function log(code, content)
-    row.code, row.content = code, content or ""
-    row.latency_ms = now_ms() - t0
-    row.ttfb_ms = st.ttfb
-    accounting.push(row)
-  end
-  local function refuse(status, message, code, headers)
-    log(status, message)
-    return openai.error(status, message, code, headers)
-  end
+  local st = { t0 = t0, ttfb = 0, row = row, req_id = req.id }
 
   local raw = req:body()
   local body = cjson.decode(raw)
   if type(body) ~= "table" or (next(body) ~= nil and body[1] ~= nil) then
-    return refuse(400, "We could not parse the JSON body of your request. The OpenAI API expects a JSON object.",
+    return refuse(st, 400, "We could not parse the JSON body of your request. The OpenAI API expects a JSON object.",
                   "invalid_json")
   end
   local model = body.model
   if type(model) ~= "string" or model == "" then
-    return refuse(400, "you must provide a model parameter", "missing_model")
+    return refuse(st, 400, "you must provide a model parameter", "missing_model")
   end
   row.model = model
   local snap, err = catalog.get()
   if not snap then
     core.log("error", "aiproxy: no channel list: " .. tostring(err))
-    return refuse(503, "The service is temporarily unavailable (database).", "database_unavailable")
+    return refuse(st, 503, "The service is temporarily unavailable (database).", "database_unavailable")
   end
   if not token_allows(tok, model) or not catalog.serves(snap, model) then
     local s, b, h = no_model(model)
-    log(s, b.error.message)
+    log(st, s, b.error.message)
     return s, b, h
   end
   local cfg = catalog.model_config(snap, model)
   local stream = body.stream == true and ep.kind ~= "embeddings"
   row.stream = stream
   local est_prompt = prompt_estimate(body, ep.kind)
+  st.est_prompt = est_prompt
   local reservation, limit_headers, which = limits.acquire(tok.group, model, cfg, est_prompt + completion_reserve(body, ep.kind))
   if not reservation then
     if which == "unavailable" then
-      return refuse(503, "The rate limiter is unavailable; try again later.", "rate_limiter_unavailable")
+      return refuse(st, 503, "The rate limiter is unavailable; try again later.", "rate_limiter_unavailable")
     end
     local what = which == "rpm" and "requests per minute (RPM)" or "tokens per minute (TPM)"
-    return refuse(429, string.format("Rate limit reached for %s in group %s on %s. Please try again in %ss.",
+    return refuse(st, 429, string.format("Rate limit reached for %s in group %s on %s. Please try again in %ss.",
                                      model, tok.group, what, limit_headers["Retry-After"]),
                   "rate_limit_exceeded", limit_headers)
   end
@@ -218,13 +245,6 @@ local function relay(req, ep)
     base = json.set_member(raw, "stream_options", cjson.encode(so)) or raw
   end
   st.model = model
-
-  local function client_left()     -- before any answer: nothing to send, the row says why
-    row.client_aborted = true
-    limits.correct(reservation, 0)
-    log(499, "client closed the request")
-    return 499, "client closed the request"
-  end
 
   local chain = { model }
   for _, m in ipairs(cfg.fallbacks) do if m ~= model then chain[#chain + 1] = m end end
@@ -246,7 +266,7 @@ local function relay(req, ep)
         timeout = mcfg.timeout, connect_timeout = CONNECT_TIMEOUT, stream = true,
       })
       if not res then
-        if kind == "closed" then return client_left() end
+        if kind == "closed" then return client_left(st, reservation) end
         catalog.record(ch.id, false)
         last = { status = kind == "timeout" and 504 or 502,
                  message = string.format("upstream %s (channel %d): %s", kind, ch.id, msg or kind),
@@ -258,7 +278,7 @@ local function relay(req, ep)
         local message = upstream_message(res.status, text)
         if NOT_RETRIED[res.status] then
           catalog.record(ch.id, true)
-          log(res.status, message)
+          log(st, res.status, message)
           limits.correct(reservation, 0)
           row.retries = attempts - 1
           return { status = res.status, raw = true, body = text,
@@ -279,12 +299,6 @@ local function relay(req, ep)
         row.retries = attempts - 1
         if stream and ctype:find("text/event-stream", 1, true) then
           catalog.record(ch.id, true)
-          st.synth_usage = function(len)
-            local p, c = est_prompt, math.ceil(len / 4)
-            return json.encode({ id = "chatcmpl-" .. req.id, object = "chat.completion.chunk",
-                                 created = math.floor(core.now()), model = model, choices = json.empty_array,
-                                 usage = { prompt_tokens = p, completion_tokens = c, total_tokens = p + c } })
-          end
           usage_obj, text_len, ended = relay_sse(req, res, st)
           res:close()
           break
@@ -302,7 +316,7 @@ local function relay(req, ep)
                         headers = { ["Content-Type"] = "application/json" } }
           break
         end
-        if rkind == "closed" then return client_left() end
+        if rkind == "closed" then return client_left(st, reservation) end
         catalog.record(ch.id, false)
         last = { status = 502, code = "upstream_invalid_response",
                  message = text and "invalid response from the upstream (not a JSON object)"
@@ -317,10 +331,10 @@ local function relay(req, ep)
     row.retries = math.max(0, attempts - 1)
     if not last then
       local s, b = openai.error(503, "No available channel for model " .. model .. ".", "no_channel")
-      log(503, b.error.message)
+      log(st, 503, b.error.message)
       return s, b
     end
-    log(last.status, last.detail or last.message)
+    log(st, last.status, last.detail or last.message)
     return openai.error(last.status, last.message, last.code,
                         last.retry_after and { ["Retry-After"] = last.retry_after } or nil)
   end
@@ -341,12 +355,12 @@ local function relay(req, ep)
   usage.add(tok, row.amount)
   if ended == "client" then
     row.client_aborted = true
-    log(499, "client closed the stream")
+    log(st, 499, "client closed the stream")
   elseif ended == "upstream" then
-    log(502, "upstream broke off mid-stream")
+    log(st, 502, "upstream broke off mid-stream")
     req:abort()
   else
-    log(200)
+    log(st, 200)
   end
   return st.answer
 end
