@@ -253,6 +253,47 @@ def test_hop_by_hop_response_headers_removed(gateway, upstream):
         "but was relayed: %r" % dict(r.headers))
 
 
+def test_proxied_answer_headers_relayed_from_c_or_rewritten(gateway, upstream):
+    """With no policy touching res.headers the upstream's head is relayed by
+    the C side (hop-by-hop ones dropped, Date ours, HEAD keeps its length);
+    a response policy sees the same headers as a table and can remove one."""
+    u = upstream()
+    plain = gateway("""
+return {
+  listen = "127.0.0.1:8080",
+  policies = {},
+  upstreams = { up = { targets = %s } },
+  routes = { { "ANY", "/v1/*", proxy = "up" } },
+}
+""" % targets(u.url))
+    r = requests.get(plain.url("/v1/hop"))
+    assert r.status_code == 200 and r.json() == {"hop": True}
+    assert r.headers.get("x-normal") == "yes"
+    for name in ("upgrade", "trailer", "x-up-hop", "transfer-encoding"):
+        assert name not in r.headers, (name, dict(r.headers))
+    assert r.headers.get("connection", "keep-alive").lower() == "keep-alive"
+    assert len([k for k in r.raw.headers.keys() if k.lower() == "date"]) == 1
+    assert "x-request-id" not in r.headers          # no request-id policy here
+    h = requests.head(plain.url("/v1/garbage"))
+    d = requests.get(plain.url("/v1/garbage"))
+    assert h.status_code == d.status_code
+    assert h.headers.get("content-length") == str(len(d.content))
+
+    rewritten = gateway("""
+return {
+  listen = "127.0.0.1:8080",
+  upstreams = { up = { targets = %s } },
+  routes = { { "ANY", "/v1/*", proxy = "up", policies = {
+      { "response-rewrite", headers = { remove = { "X-Normal" }, set = { ["X-Added"] = "1" } } } } } },
+}
+""" % targets(u.url))
+    r = requests.get(rewritten.url("/v1/hop"))
+    assert r.status_code == 200 and r.json() == {"hop": True}
+    assert "x-normal" not in r.headers and r.headers.get("x-added") == "1", dict(r.headers)
+    assert "x-up-hop" not in r.headers and "upgrade" not in r.headers
+    assert r.headers.get("x-request-id")
+
+
 def test_trace_context_request_id_and_access_log(gateway, upstream):
     u = upstream()
     g = gateway(config('up = { targets = %s }' % targets(u.url)))
