@@ -9,26 +9,9 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "fake_request.h"
+
 #include "moongate/http.h"
-
-static uint32_t put(mg_request *req, const char *s) {
-  uint32_t off = (uint32_t)req->head.len;
-  mg_buf_append(&req->head, s, strlen(s) + 1);   /* keep the NUL */
-  return off;
-}
-
-static void add_header(mg_request *req, const char *name, const char *value) {
-  if (req->nhdr == req->hdr_cap) {
-    req->hdr_cap = req->hdr_cap ? req->hdr_cap * 2 : 4;
-    req->hdr = realloc(req->hdr, (size_t)req->hdr_cap * sizeof(mg_header));
-    assert_non_null(req->hdr);
-  }
-  mg_header *h = &req->hdr[req->nhdr++];
-  h->name = put(req, name);
-  h->name_len = (uint32_t)strlen(name);
-  h->value = put(req, value);
-  h->value_len = (uint32_t)strlen(value);
-}
 
 static int setup(void **state) {
   mg_request *req = calloc(1, sizeof *req);
