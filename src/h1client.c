@@ -456,17 +456,20 @@ static void unqueue_send(mg_h1_exchange *x) {
 
 void mg_h1_flush(mg_worker *w) {
   mg_h1_pool *pool = w->h1pool;
-  if (!pool || !pool->send_head) return;
-  mg_h1_exchange *x = pool->send_head;
-  pool->send_head = NULL;
-  pool->send_tail = &pool->send_head;
-  while (x) {
-    mg_h1_exchange *next = x->send_next;
-    x->send_queued = 0;
-    send_request(x);
-    x = next;
+  /* Coroutines resumed here (a failed send) may queue new requests: they
+   * go out in this same pass, since the loop is about to poll. */
+  while (pool && pool->send_head) {
+    mg_h1_exchange *x = pool->send_head;
+    pool->send_head = NULL;
+    pool->send_tail = &pool->send_head;
+    while (x) {
+      mg_h1_exchange *next = x->send_next;
+      x->send_queued = 0;
+      send_request(x);
+      x = next;
+    }
+    mg_fetch_run_ready(w);
   }
-  mg_fetch_run_ready(w);
 }
 
 static void send_request(mg_h1_exchange *x) {

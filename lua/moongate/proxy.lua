@@ -174,8 +174,8 @@ end
 local UpstreamAnswer = {
   __index = function(res, k)
     if k ~= "headers" then return nil end
-    local h = rawget(res, "upstream")
-    local t = h and h:relay_headers(res.keep_length) or {}
+    local h = rawget(res, "_upstream")
+    local t = h and h:relay_headers(rawget(res, "_keep_length")) or {}
     rawset(res, "headers", t)
     return t
   end,
@@ -227,8 +227,8 @@ function methods.proxy(r, name, opts)
 
   -- The answer: a HEAD answer keeps the upstream's Content-Length. The
   -- handle stays open until the runtime has sent the head (it closes it).
-  local res = setmetatable({ status = status, raw = true, upstream = h,
-                             keep_length = r.method == "HEAD" }, UpstreamAnswer)
+  local res = setmetatable({ status = status, raw = true, _upstream = h,
+                             _keep_length = r.method == "HEAD" }, UpstreamAnswer)
   local on_chunk = opts.on_chunk
   local whole = not on_chunk and h:rest()
   if whole then

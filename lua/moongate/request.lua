@@ -181,14 +181,14 @@ end
 function methods.abort(r) core.abort(r._cx, r._sn) end
 
 -- Streaming. The response policies run on the status and headers first.
--- A proxied answer (res.upstream) whose headers nobody looked at relays the
+-- A proxied answer (res._upstream) whose headers nobody looked at relays the
 -- upstream's head from C.
 local function stream_response(r, res)
   if rawget(r, "_res") then error("the response has already started", 3) end
   res.streaming = true
   r._res = res
   hooks.response_phase(r, res)
-  return core.stream_start(r._cx, r._sn, res.status, rawget(res, "headers"), rawget(res, "upstream"))
+  return core.stream_start(r._cx, r._sn, res.status, rawget(res, "headers"), rawget(res, "_upstream"))
 end
 
 function methods.stream(r, status, headers)

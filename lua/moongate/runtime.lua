@@ -47,7 +47,7 @@ local function make_res(status, body, headers, who)
   if type(status) == "table" and status.status then
     local res = status
     -- A proxied answer keeps its headers in the upstream handle until read.
-    if not rawget(res, "upstream") then res.headers = res.headers or {} end
+    if not rawget(res, "_upstream") then res.headers = res.headers or {} end
     if res.status >= 400 and not res.raw and (res.body == nil or type(res.body) == "string") then
       res.error, res.body = res.body or message_for(res.status), nil
     end
@@ -91,12 +91,12 @@ local function send(req, res)
   run_response_phase(req, res)
   local body = res.body
   if body == nil and res.error then body = { message = res.error } end
-  local upstream = rawget(res, "upstream")
+  local upstream = rawget(res, "_upstream")
   if upstream and rawget(res, "headers") == nil then
-    -- Nobody looked at the proxied answer's headers: relayed from C as they came.
+    -- Nobody looked at the proxied answer's headers: relayed from C as they came
+    -- (unless a policy replaced the body: then they go through the table path).
     if type(body) == "table" then
-      -- A policy replaced the body: the upstream's headers described the old one.
-      res.headers = {}
+      local _ = res.headers
     else
       respond(req._cx, req._sn, res.status, nil, body or "", upstream)
       upstream:close()
