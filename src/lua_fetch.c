@@ -127,7 +127,7 @@ static int l_fetch(lua_State *L) {
       lines = lua_newuserdata(L, (size_t)n * sizeof *lines);
       lua_insert(L, -2);
     }
-    for (const char *p = fwd->data, *end = fwd->data + fwd->len; p < end; ) {
+    for (const char *p = fwd->data, *end = p + (nfwd ? fwd->len : 0); p < end; ) {
       const char *eol = memchr(p, '\n', (size_t)(end - p));
       lines[spec.nheaders].p = p;
       lines[spec.nheaders].len = (size_t)(eol - p);

@@ -640,6 +640,12 @@ def test_keepalive_reuses_upstream_connections(gateway, upstream):
 # --------------------------------------------------------------- req:fetch --
 
 FETCH_ROUTES = r'''
+    { "ANY", "/v1/*", proxy = "up" },
+    { "GET", "/f/echo", function(req)
+        local res, kind = req:fetch("up", { path = "/ok/echo" })
+        if not res then return 502, kind end
+        return 200, res:json()
+      end },
     { "POST", "/f/json", function(req)
         local res, kind, msg = req:fetch("up", { method = "POST", path = "/ok/json",
           json = { name = "moon", n = 3, list = { 1, 2 } },
@@ -686,6 +692,22 @@ def fetch_gw(gateway, upstream):
                        'stally = { targets = %s, retries = 0, timeout = "10s" }'
                        % (targets(u.url), targets(u.url)), routes=routes))
     return g, u
+
+
+def test_fetch_after_proxy_sends_only_its_own_headers(fetch_gw):
+    """req:fetch() is a new request: nothing of a request proxied before it
+    on the same worker (forwarded client headers) may leak into it."""
+    g, u = fetch_gw
+    with requests.Session() as s:               # one connection: one worker
+        for _ in range(3):
+            r = s.get(g.url("/v1/ok/p"), headers={"X-Leak": "from-proxy"})
+            assert r.status_code == 200
+            assert r.json()["headers"].get("x-leak") == "from-proxy"
+            e = s.get(g.url("/f/echo"))
+            assert e.status_code == 200, e.text
+            h = e.json()["headers"]
+            assert "x-leak" not in h and "x-forwarded-for" not in h, h
+            assert h.get("x-request-id") and h.get("traceparent")
 
 
 def test_fetch_json_body_and_query_table(fetch_gw):
