@@ -47,6 +47,7 @@ static void line(mg_buf *out, const char *name, size_t nlen, const char *v, size
   memcpy(out->data + out->len + nlen + 2, v, vlen);
   out->data[out->len + nlen + 2 + vlen] = '\n';
   out->len += nlen + vlen + 3;
+  out->data[out->len] = '\0';                /* mg_buf's invariant (reserve keeps room) */
 }
 
 void mg_forward_request_lines(mg_request *req, const mg_forward_drop *drop, mg_buf *out) {
