@@ -48,11 +48,7 @@ M.queue = batch.new{
   name = "aiproxy-logs",
   flush = flush,
   interval = tonumber(os.getenv("AIPROXY_LOG_FLUSH_INTERVAL") or "") or 1,
-  -- One statement per 5000 rows; up to 30000 waiting in memory (a few tens
-  -- of MB) before they go to the disk spool, which is for outages: under a
-  -- load that slows PostgreSQL down, spilling would cost more CPU than it saves.
-  max_rows = 5000,
-  memory_rows = 30000,
+  max_rows = 1000,
   spool_dir = os.getenv("AIPROXY_SPOOL_DIR"),
   spool_limit = os.getenv("AIPROXY_SPOOL_LIMIT") or "256m",
 }
