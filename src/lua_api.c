@@ -204,20 +204,8 @@ static int check_status(lua_State *L, int idx) {
  * goes on as it came, minus what a hop removes (forward.c). */
 static void relay_head(lua_State *L, int idx, mg_buf *out, mg_request *req) {
   mg_fetch *f = mg_lua_check_fetch(L, idx);
-  const char *p = f->head.data ? f->head.data : "", *end = p + f->head.len;
-  size_t connlen = 0;
-  const char *conn = mg_forward_find(p, f->head.len, "connection", 10, &connlen);
-  while (p < end) {
-    const char *eol = memchr(p, '\n', (size_t)(end - p));
-    eol = eol ? eol + 1 : end;
-    const char *colon = memchr(p, ':', (size_t)(eol - p));
-    if (colon && mg_forward_response_keeps(p, (size_t)(colon - p), conn, connlen, req->is_head)) {
-      if (req->is_head && mg_strcaseeq(p, (size_t)(colon - p), "content-length", 14))
-        req->head_length_given = 1;
-      mg_buf_append(out, p, (size_t)(eol - p));
-    }
-    p = eol;
-  }
+  if (mg_forward_response_lines(f->head.data ? f->head.data : "", f->head.len, req->is_head, out))
+    req->head_length_given = 1;
 }
 
 static int l_respond(lua_State *L) {
