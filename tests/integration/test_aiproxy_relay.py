@@ -622,6 +622,32 @@ def test_bad_bodies_get_openai_errors(app, mock):
     assert r.json()["usage"]["prompt_tokens"] == (2 << 20) // 4
 
 
+def test_log_rows_with_nul_or_invalid_utf8_are_written_not_stuck(app, mock):
+    # PostgreSQL text refuses NUL and invalid UTF-8: one such value used to fail
+    # its whole log batch on every retry, so no later row reached the table.
+    t = token(app)
+    bad_model = "gpt\u0000evil"                   # JSON escape: cjson decodes it to a NUL byte
+    raw = b'{"model": "caf\xc3\xa9\xff\xe2\x82", "messages": []}'   # valid e-acute, then junk
+    r1 = requests.post(app.url("/v1/chat/completions"), data=json.dumps({"model": bad_model}),
+                       headers=bearer(t))
+    oai_error(r1, 404, "model_not_found")
+    r2 = requests.post(app.url("/v1/chat/completions"), data=raw, headers=bearer(t))
+    assert r2.status_code in (400, 404), r2.text
+    m = uniq()
+    channel(app, mock.url(), [m])
+    r3 = chat(app, t, m)
+    assert r3.status_code == 200, r3.text
+    assert one_log(app, r1)["model"] == "gpt?evil"
+    row2 = one_log(app, r2)
+    assert row2["model"] == "caf\u00e9???"          # the cut 3-byte sequence: one "?" per byte
+    assert one_log(app, r3)["code"] == 200
+    # quotes, backslashes, braces and commas survive the flush's array literals
+    odd = 'a"b\\c{d},e NULL'
+    r4 = requests.post(app.url("/v1/chat/completions"), data=json.dumps({"model": odd}), headers=bearer(t))
+    oai_error(r4, 404, "model_not_found")
+    assert one_log(app, r4)["model"] == odd
+
+
 def test_a_channel_key_refused_upstream_is_not_shown_to_the_caller(app, mock):
     m = uniq()
     channel(app, mock.url(), [m], key="bad-key")

@@ -48,22 +48,15 @@ function M.is_null(v) return v == nil or v == cjson.null end
 -- A database failure -> the answer. Connection problems are 503.
 function M.db_fail(err, state)
   core.log("error", "aiproxy: database error: " .. tostring(err) .. " (SQLSTATE " .. tostring(state) .. ")")
-  if state == "internal" then -- The handler of an admin route file: the schema must exist (a failed
--- migration at start is retried here), then H[<the route name after its
--- last dot>] answers ("channel.list" -> H.list).
-function M.admin_handler(H)
-  local schema = require "lib.schema"
-  return function(req)
-    local ok, err, state = schema.ensure()
-    if not ok then return M.db_fail(err, state) end
-    return H[req.route:match("%.(%w+)$")](req)
-  end
-end
-
-return M.fail(500, "internal error: the change was rolled back") end
+  if state == "internal" then return M.fail(500, "internal error: the change was rolled back") end
   if state == nil or state == "" or tostring(state):match("^08") or tostring(state):match("^57")
      or tostring(state):match("^53") or (err and (tostring(err):find("unavailable") or tostring(err):find("timeout"))) then
-    -- The handler of an admin route file: the schema must exist (a failed
+    return M.fail(503, "database unavailable")
+  end
+  return M.fail(500, "database error")
+end
+
+-- The handler of an admin route file: the schema must exist (a failed
 -- migration at start is retried here), then H[<the route name after its
 -- last dot>] answers ("channel.list" -> H.list).
 function M.admin_handler(H)
@@ -73,23 +66,6 @@ function M.admin_handler(H)
     if not ok then return M.db_fail(err, state) end
     return H[req.route:match("%.(%w+)$")](req)
   end
-end
-
-return M.fail(503, "database unavailable")
-  end
-  -- The handler of an admin route file: the schema must exist (a failed
--- migration at start is retried here), then H[<the route name after its
--- last dot>] answers ("channel.list" -> H.list).
-function M.admin_handler(H)
-  local schema = require "lib.schema"
-  return function(req)
-    local ok, err, state = schema.ensure()
-    if not ok then return M.db_fail(err, state) end
-    return H[req.route:match("%.(%w+)$")](req)
-  end
-end
-
-return M.fail(500, "database error")
 end
 
 -- page/per_page from the query string: page >= 1, 1 <= per_page <= 100
@@ -134,44 +110,8 @@ end
 
 -- The answer for a failed M.tx.
 function M.tx_fail(err, state)
-  if type(err) == "table" then -- The handler of an admin route file: the schema must exist (a failed
--- migration at start is retried here), then H[<the route name after its
--- last dot>] answers ("channel.list" -> H.list).
-function M.admin_handler(H)
-  local schema = require "lib.schema"
-  return function(req)
-    local ok, err, state = schema.ensure()
-    if not ok then return M.db_fail(err, state) end
-    return H[req.route:match("%.(%w+)$")](req)
-  end
-end
-
-return M.fail(err.status, err.text) end
-  -- The handler of an admin route file: the schema must exist (a failed
--- migration at start is retried here), then H[<the route name after its
--- last dot>] answers ("channel.list" -> H.list).
-function M.admin_handler(H)
-  local schema = require "lib.schema"
-  return function(req)
-    local ok, err, state = schema.ensure()
-    if not ok then return M.db_fail(err, state) end
-    return H[req.route:match("%.(%w+)$")](req)
-  end
-end
-
-return M.db_fail(err, state)
-end
-
--- The handler of an admin route file: the schema must exist (a failed
--- migration at start is retried here), then H[<the route name after its
--- last dot>] answers ("channel.list" -> H.list).
-function M.admin_handler(H)
-  local schema = require "lib.schema"
-  return function(req)
-    local ok, err, state = schema.ensure()
-    if not ok then return M.db_fail(err, state) end
-    return H[req.route:match("%.(%w+)$")](req)
-  end
+  if type(err) == "table" then return M.fail(err.status, err.text) end
+  return M.db_fail(err, state)
 end
 
 return M
