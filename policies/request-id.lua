@@ -3,7 +3,7 @@
 -- The client's X-Request-ID is kept when it looks sane (1-200 characters,
 -- no control characters); otherwise the ID moongate generated is used. The ID
 -- goes into the access log, upstream (req.upstream_headers) and back to the
--- client in the response.
+-- client in the response (replacing an upstream's own).
 --
 --   policies = { "request-id" }                       -- defaults
 --   policies = { { "request-id", header = "X-Correlation-ID" } }
@@ -33,8 +33,10 @@ return {
     conf.default_header = conf.header:lower() == "x-request-id"
   end,
   access = adopt,
-  response = function(conf, req, res)
+  -- req:set_response_header rather than res.headers: a proxied answer's
+  -- headers are then relayed from C, never read into a table.
+  response = function(conf, req)
     adopt(conf, req)                  -- also for answers that skipped access (404)
-    res.headers[conf.header] = req.id
+    req:set_response_header(conf.header, req.id)
   end,
 }

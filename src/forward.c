@@ -128,7 +128,8 @@ int mg_forward_response_keeps(const char *name, size_t nlen, const char *conn,
   return 1;
 }
 
-int mg_forward_response_lines(const char *head, size_t len, int keep_length, mg_buf *out) {
+int mg_forward_response_lines(const char *head, size_t len, int keep_length,
+                              const mg_forward_drop *drop, mg_buf *out) {
   const char *p = head, *end = head + len;
   size_t connlen = 0;
   const char *conn = mg_forward_find(head, len, "connection", 10, &connlen);
@@ -137,7 +138,8 @@ int mg_forward_response_lines(const char *head, size_t len, int keep_length, mg_
     const char *eol = memchr(p, '\n', (size_t)(end - p));
     eol = eol ? eol + 1 : end;
     const char *colon = memchr(p, ':', (size_t)(eol - p));
-    if (colon && mg_forward_response_keeps(p, (size_t)(colon - p), conn, connlen, keep_length)) {
+    if (colon && mg_forward_response_keeps(p, (size_t)(colon - p), conn, connlen, keep_length) &&
+        !dropped(drop, p, (size_t)(colon - p))) {
       if (keep_length && mg_strcaseeq(p, (size_t)(colon - p), "content-length", 14)) kept_length = 1;
       mg_buf_append(out, p, (size_t)(eol - p));
     }

@@ -138,18 +138,29 @@ static int valid_token(const char *s, size_t n) {
   return 1;
 }
 
+/* One header line per value. Set-Cookie is the exception to joining
+ * repeated headers with ", " (RFC 9110 5.3): fetched heads hold repeated
+ * Set-Cookie values joined with "\n", so here a "\n" in a Set-Cookie value
+ * separates lines again -- each one a Set-Cookie, never another header. */
 static void add_header(lua_State *L, mg_buf *out, const char *name, size_t nlen,
                        int vidx) {
   size_t vlen;
   const char *v = lua_tolstring(L, vidx, &vlen);
   if (!v) luaL_error(L, "header '%s': value must be a string or number", name);
+  int cookie = mg_strcaseeq(name, nlen, "set-cookie", 10);
   for (size_t i = 0; i < vlen; i++)
-    if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0')
+    if (v[i] == '\r' || (v[i] == '\n' && !cookie) || v[i] == '\0')
       luaL_error(L, "header '%s': value contains CR, LF or NUL", name);
-  mg_buf_append(out, name, nlen);
-  mg_buf_append(out, ": ", 2);
-  mg_buf_append(out, v, vlen);
-  mg_buf_append(out, "\r\n", 2);
+  const char *end = v + vlen;
+  do {
+    const char *eol = cookie ? memchr(v, '\n', (size_t)(end - v)) : NULL;
+    if (!eol) eol = end;
+    mg_buf_append(out, name, nlen);
+    mg_buf_append(out, ": ", 2);
+    mg_buf_append(out, v, (size_t)(eol - v));
+    mg_buf_append(out, "\r\n", 2);
+    v = eol + 1;
+  } while (v < end);
 }
 
 /* Serializes the headers table at `idx` into w->hdrbuf. Framing headers are
@@ -201,10 +212,26 @@ static int check_status(lua_State *L, int idx) {
 }
 
 /* A proxied answer whose headers Lua never looked at: the upstream's head
- * goes on as it came, minus what a hop removes (forward.c). */
-static void relay_head(lua_State *L, int idx, mg_buf *out, mg_request *req) {
+ * goes on as it came, minus what a hop removes (forward.c) and minus the
+ * headers of the table at `set_idx` (0: none), which the caller has
+ * serialized already: those the gateway sets itself replace the upstream's. */
+#define MAX_SET_HEADERS 32
+static void relay_head(lua_State *L, int idx, int set_idx, mg_buf *out, mg_request *req) {
   mg_fetch *f = mg_lua_check_fetch(L, idx);
-  if (mg_forward_response_lines(f->head.data ? f->head.data : "", f->head.len, req->is_head, out))
+  const char *names[MAX_SET_HEADERS];
+  size_t lens[MAX_SET_HEADERS];
+  mg_forward_drop drop = { names, lens, 0 };
+  if (set_idx) {
+    lua_pushnil(L);
+    while (lua_next(L, set_idx)) {
+      if (drop.n == MAX_SET_HEADERS) luaL_error(L, "at most %d headers over a relayed head", MAX_SET_HEADERS);
+      names[drop.n] = lua_tolstring(L, -2, &lens[drop.n]);   /* a string key: checked by serialize_headers */
+      drop.n++;
+      lua_pop(L, 1);
+    }
+  }
+  if (mg_forward_response_lines(f->head.data ? f->head.data : "", f->head.len, req->is_head,
+                                &drop, out))
     req->head_length_given = 1;
 }
 
@@ -216,7 +243,7 @@ static int l_respond(lua_State *L) {
   const char *body = lua_isnoneornil(L, 5) ? "" : luaL_checklstring(L, 5, &blen);
   mg_buf *hb = &req->w->hdrbuf;
   serialize_headers(L, 4, hb, req);
-  if (lua_isnoneornil(L, 4) && !lua_isnoneornil(L, 6)) relay_head(L, 6, hb, req);
+  if (!lua_isnoneornil(L, 6)) relay_head(L, 6, lua_isnoneornil(L, 4) ? 0 : 4, hb, req);
   if (mg_response_send(req, status, hb->data ? hb->data : "", hb->len, body, blen) != 0) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");
@@ -232,7 +259,7 @@ static int l_stream_start(lua_State *L) {
   int status = check_status(L, 3);
   mg_buf *hb = &req->w->hdrbuf;
   serialize_headers(L, 4, hb, req);
-  if (lua_isnoneornil(L, 4) && !lua_isnoneornil(L, 5)) relay_head(L, 5, hb, req);
+  if (!lua_isnoneornil(L, 5)) relay_head(L, 5, lua_isnoneornil(L, 4) ? 0 : 4, hb, req);
   if (mg_response_stream_start(req, status, hb->data ? hb->data : "", hb->len) != 0) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");

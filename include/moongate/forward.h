@@ -39,8 +39,10 @@ int mg_forward_response_keeps(const char *name, size_t nlen, const char *conn,
 
 /* Appends the lines of an upstream's response head ("Name: value\r\n"
  * each) that go on to the client, as mg_forward_response_keeps decides with
- * the head's own Connection header. Returns 1 if a Content-Length was kept. */
-int mg_forward_response_lines(const char *head, size_t len, int keep_length, mg_buf *out);
+ * the head's own Connection header, minus the `drop` names (headers the
+ * gateway sets itself; NULL for none). Returns 1 if a Content-Length was kept. */
+int mg_forward_response_lines(const char *head, size_t len, int keep_length,
+                              const mg_forward_drop *drop, mg_buf *out);
 
 /* Finds the value of the first `name` line in a "Name: value\r\n" block. */
 const char *mg_forward_find(const char *head, size_t len, const char *name,

@@ -142,6 +142,36 @@ function methods.set_header(r, name, value)
   o[name:lower()] = value or false
 end
 
+-- A header on this request's answer, whatever produces it (handler, proxy,
+-- policy, error): set after the response policies ran, replacing a header of
+-- the same name (any case). A proxied answer keeps being relayed from C: its
+-- headers are not read into a table for this.
+function methods.set_response_header(r, name, value)
+  if type(name) ~= "string" then error("set_response_header: name must be a string", 2) end
+  if type(value) ~= "string" then
+    if type(value) ~= "number" then error("set_response_header: value must be a string", 2) end
+    value = tostring(value)
+  end
+  local sets = rawget(r, "_resp_set")
+  if not sets then sets = {}; r._resp_set = sets end
+  local lname = name:lower()
+  for k in pairs(sets) do if k:lower() == lname then sets[k] = nil end end
+  sets[name] = value
+end
+
+-- Puts the request's set_response_header() headers into a headers table.
+local function apply_response_headers(r, headers)
+  local sets = rawget(r, "_resp_set")
+  if not sets then return end
+  for name, value in pairs(sets) do
+    local lname = name:lower()
+    for k in pairs(headers) do
+      if type(k) == "string" and k:lower() == lname then headers[k] = nil end
+    end
+    headers[name] = value
+  end
+end
+
 function methods.set_body(r, body)
   if type(body) ~= "string" then error("set_body: body must be a string", 2) end
   r._body = body
@@ -188,7 +218,13 @@ local function stream_response(r, res)
   res.streaming = true
   r._res = res
   hooks.response_phase(r, res)
-  return core.stream_start(r._cx, r._sn, res.status, rawget(res, "headers"), rawget(res, "_upstream"))
+  local headers, upstream = rawget(res, "headers"), rawget(res, "_upstream")
+  if upstream and headers == nil then
+    return core.stream_start(r._cx, r._sn, res.status, rawget(r, "_resp_set"), upstream)
+  end
+  headers = headers or {}
+  apply_response_headers(r, headers)
+  return core.stream_start(r._cx, r._sn, res.status, headers)
 end
 
 function methods.stream(r, status, headers)
@@ -210,6 +246,7 @@ end
 
 local M = { Request = Request, methods = methods, parse_query = parse_query,
             encode_query = encode_query, stream_response = stream_response,
+            apply_response_headers = apply_response_headers,
             hooks = hooks }
 
 function M.new(fields)

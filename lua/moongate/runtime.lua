@@ -17,6 +17,7 @@ local core = require "moongate.core"
 local cjson = require "cjson"
 local config = require "moongate.config"
 local request = require "moongate.request"
+local apply_response_headers = request.apply_response_headers
 local proxy = require "moongate.proxy"
 
 local M = {}
@@ -98,13 +99,14 @@ local function send(req, res)
     if type(body) == "table" then
       local _ = res.headers
     else
-      respond(req._cx, req._sn, res.status, nil, body or "", upstream)
+      respond(req._cx, req._sn, res.status, rawget(req, "_resp_set"), body or "", upstream)
       upstream:close()
       return
     end
   end
   if upstream then upstream:close() end
   local headers = res.headers
+  apply_response_headers(req, headers)
   if type(body) == "table" then
     body = encode(body)
     if not has_content_type(headers) then headers["Content-Type"] = "application/json" end

@@ -125,7 +125,11 @@ function M.policy(name, settings)
   if mod.init then mod.init(conf) end
   local p = { conf = conf, module = mod }
   function p:access(req) if mod.access then return mod.access(conf, req) end end
-  function p:response(req, res) if mod.response then mod.response(conf, req, res) end return res end
+  function p:response(req, res)
+    if mod.response then mod.response(conf, req, res) end
+    request.apply_response_headers(req, res.headers)   -- req:set_response_header(), as the client sees it
+    return res
+  end
   function p:run(req, res)
     local st, body, headers = self:access(req)
     if st then

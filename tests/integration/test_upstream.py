@@ -273,7 +273,8 @@ return {
         assert name not in r.headers, (name, dict(r.headers))
     assert r.headers.get("connection", "keep-alive").lower() == "keep-alive"
     assert len([k for k in r.raw.headers.keys() if k.lower() == "date"]) == 1
-    assert "x-request-id" not in r.headers          # no request-id policy here
+    assert r.headers.get("x-request-id") == "upstream-id"   # no request-id policy here
+    assert r.raw.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
     h = requests.head(plain.url("/v1/garbage"))
     d = requests.get(plain.url("/v1/garbage"))
     assert h.status_code == d.status_code
@@ -291,7 +292,26 @@ return {
     assert r.status_code == 200 and r.json() == {"hop": True}
     assert "x-normal" not in r.headers and r.headers.get("x-added") == "1", dict(r.headers)
     assert "x-up-hop" not in r.headers and "upgrade" not in r.headers
-    assert r.headers.get("x-request-id")
+    assert r.raw.headers.getlist("X-Request-ID") == [r.headers["x-request-id"]] != ["upstream-id"]
+    assert r.raw.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
+
+    # request-id alone (the default policies): the head is still relayed from
+    # C, with our X-Request-ID in place of the upstream's -- once.
+    with_id = gateway("""
+return {
+  listen = "127.0.0.1:8080",
+  upstreams = { up = { targets = %s } },
+  routes = { { "ANY", "/v1/*", proxy = "up" } },
+}
+""" % targets(u.url))
+    r = requests.get(with_id.url("/v1/hop"))
+    assert r.status_code == 200 and r.json() == {"hop": True}
+    ids = r.raw.headers.getlist("X-Request-ID")
+    assert len(ids) == 1 and ids[0] != "upstream-id", ids
+    assert r.raw.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
+    assert r.headers.get("x-normal") == "yes" and "x-up-hop" not in r.headers
+    r = requests.get(with_id.url("/v1/hop"), headers={"X-Request-ID": "client-id-7"})
+    assert r.raw.headers.getlist("X-Request-ID") == ["client-id-7"]
 
 
 def test_trace_context_request_id_and_access_log(gateway, upstream):

@@ -193,7 +193,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send(200, {"hop": True}, extra=(
             ("Connection", "X-Up-Hop"), ("X-Up-Hop", "secret"),
             ("Keep-Alive", "timeout=5, max=100"), ("Upgrade", "h2c"),
-            ("Trailer", "X-Trailer"), ("X-Normal", "yes")))
+            ("Trailer", "X-Trailer"), ("X-Normal", "yes"), ("X-Request-ID", "upstream-id"),
+            ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")))
 
     def do_sse(self, rest, args, body):
         n = int(args.get("n", 10))
