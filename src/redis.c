@@ -10,7 +10,15 @@
  *
  * Replies are written onto the waiting coroutine's stack in the hiredis
  * callback; the resume itself happens on the next loop turn (uv_idle), never
- * inside hiredis, so Lua may freely send more commands or drop the pool. */
+ * inside hiredis, so Lua may freely send more commands or drop the pool.
+ *
+ * hiredis is driven by an event adapter of our own (redis_io below) rather
+ * than hiredis's libuv one: commands queued during a loop turn are written
+ * once, from the worker's prepare phase (mg_redis_flush, like upstream
+ * requests), and the socket is watched for writability only when the kernel
+ * would not take everything. hiredis's adapter re-armed the poll handle
+ * twice per command -- four epoll_ctl calls, two failing with EEXIST, and a
+ * loop turn spent waiting to learn the socket is writable. */
 #include "moongate/app.h"
 #include "moongate/log.h"
 #include "moongate/lua_api.h"
@@ -18,7 +26,6 @@
 
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
-#include <hiredis/adapters/libuv.h>   /* static helpers with generic names: this file only */
 #include <lua.h>
 #include <lauxlib.h>
 #include <stdlib.h>
@@ -36,6 +43,20 @@ typedef struct rconn {
   int connected;
   struct mg_redis *pool;
 } rconn;
+
+/* The event side of one hiredis connection: its poll handle and whether it
+ * has output waiting for mg_redis_flush. Owned by hiredis's context (freed
+ * through the cleanup hook when hiredis lets the connection go). */
+typedef struct redis_io {
+  uv_poll_t poll;
+  redisAsyncContext *ac;
+  mg_worker *w;
+  int events;                      /* UV_READABLE / UV_WRITABLE being watched */
+  int connected;                   /* hiredis finished connecting */
+  int in_write;                    /* inside redisAsyncHandleWrite */
+  int queued;                      /* on w->redis_dirty */
+  struct redis_io *next_dirty;
+} redis_io;
 
 typedef struct mg_redis {
   mg_app *app;
@@ -88,6 +109,85 @@ static void push_reply(lua_State *co, redisReply *r, int nested) {
       break;
     default:
       lua_pushnil(co);
+  }
+}
+
+
+/* ---- the event adapter ---------------------------------------------------- */
+
+static void io_poll_cb(uv_poll_t *h, int status, int events) {
+  redis_io *io = h->data;
+  redisAsyncContext *ac = io->ac;
+  if (status < 0) events = io->events;   /* let hiredis find the error */
+  if (events & UV_WRITABLE) {
+    io->in_write = 1;
+    redisAsyncHandleWrite(ac);           /* may free ac (and io's cleanup runs) */
+    if (io->ac) io->in_write = 0;
+    else return;
+  }
+  if ((events & UV_READABLE) && io->ac) redisAsyncHandleRead(ac);
+}
+
+static void io_start(redis_io *io, int events) {
+  if (events == io->events) return;
+  io->events = events;
+  if (events) uv_poll_start(&io->poll, events, io_poll_cb);
+  else uv_poll_stop(&io->poll);
+}
+
+static void io_add_read(void *d) { redis_io *io = d; io_start(io, io->events | UV_READABLE); }
+static void io_del_read(void *d) { redis_io *io = d; io_start(io, io->events & ~UV_READABLE); }
+static void io_del_write(void *d) { redis_io *io = d; io_start(io, io->events & ~UV_WRITABLE); }
+
+/* hiredis has output. A connected socket is written in the prepare phase;
+ * while connecting, or when a write left data behind, wait for writability. */
+static void io_add_write(void *d) {
+  redis_io *io = d;
+  if (!io->connected && (io->ac->c.flags & REDIS_CONNECTED)) io->connected = 1;
+  if (!io->connected || io->in_write) { io_start(io, io->events | UV_WRITABLE); return; }
+  if (io->queued) return;
+  io->queued = 1;
+  io->next_dirty = io->w->redis_dirty;
+  io->w->redis_dirty = io;
+}
+
+static void io_closed(uv_handle_t *h) { free(h->data); }
+
+static void io_cleanup(void *d) {
+  redis_io *io = d;
+  io->ac = NULL;
+  if (io->queued) {                      /* off the flush list */
+    redis_io **pp = &io->w->redis_dirty;
+    while (*pp && *pp != io) pp = &(*pp)->next_dirty;
+    if (*pp) *pp = io->next_dirty;
+    io->queued = 0;
+  }
+  uv_close((uv_handle_t *)&io->poll, io_closed);
+}
+
+static int io_attach(redisAsyncContext *ac, mg_worker *w) {
+  redis_io *io = mg_xcalloc(1, sizeof *io);
+  if (uv_poll_init_socket(&w->loop, &io->poll, ac->c.fd) != 0) { free(io); return -1; }
+  io->poll.data = io;
+  io->ac = ac;
+  io->w = w;
+  ac->ev.data = io;
+  ac->ev.addRead = io_add_read;
+  ac->ev.delRead = io_del_read;
+  ac->ev.addWrite = io_add_write;
+  ac->ev.delWrite = io_del_write;
+  ac->ev.cleanup = io_cleanup;
+  return 0;
+}
+
+void mg_redis_flush(mg_worker *w) {
+  while (w->redis_dirty) {
+    redis_io *io = w->redis_dirty;
+    w->redis_dirty = io->next_dirty;
+    io->queued = 0;
+    io->in_write = 1;
+    redisAsyncHandleWrite(io->ac);       /* may end in io_cleanup: then io is gone */
+    if (io->ac) io->in_write = 0;
   }
 }
 
@@ -223,7 +323,13 @@ static rconn *pick(mg_redis *pool, const char **err) {
     return NULL;
   }
   c->ac->data = c;
-  redisLibuvAttach(c->ac, &pool->app->w->loop);
+  if (io_attach(c->ac, pool->app->w) != 0) {
+    redisAsyncFree(c->ac);
+    c->ac = NULL;
+    *err = "redis: cannot watch the socket";
+    pool->last_failure = now;
+    return NULL;
+  }
   redisAsyncSetConnectCallback(c->ac, connect_cb);
   redisAsyncSetDisconnectCallback(c->ac, disconnect_cb);
   /* Queued before any user command: hiredis sends in order. */

@@ -202,6 +202,7 @@ void mg_worker_new_request_id(mg_worker *w, char *out, size_t outlen) {
 static void on_flush(uv_prepare_t *p) {
   mg_worker *w = p->data;
   mg_h1_flush(w);
+  mg_redis_flush(w);
   if (w->access_log.len) {
     mg_log_write(1, w->access_log.data, w->access_log.len);
     w->access_log.len = 0;

@@ -36,6 +36,7 @@ struct mg_worker {
   int nfree_req;
 
   struct mg_h1_pool *h1pool;      /* native HTTP/1.1 upstream connections (h1client.c) */
+  struct redis_io *redis_dirty;   /* Redis connections with commands to write (redis.c) */
   CURLM *curl_multi;              /* outgoing HTTP through libcurl (fetch.c) */
   uv_timer_t curl_timer;
   uv_idle_t fetch_idle;

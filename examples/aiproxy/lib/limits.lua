@@ -67,8 +67,10 @@ function M.acquire(group, model, cfg, est)
     end
   end
   if not res then res, where = acquire_local(rk, tk, cfg.rpm, cfg.tpm, est), "local" end
+  if res[1] == 1 then return { est = cfg.tpm > 0 and est or 0, tk = tk, where = where } end
+  -- Refused: OpenAI's rate-limit headers say what is left and when it resets.
   local reset = math.max(1, math.ceil((window + 1) * WINDOW - now))
-  local h = {}
+  local h = { ["Retry-After"] = reset }
   if cfg.rpm > 0 then
     h["X-RateLimit-Limit-Requests"] = cfg.rpm
     h["X-RateLimit-Remaining-Requests"] = math.max(0, cfg.rpm - res[3])
@@ -79,11 +81,7 @@ function M.acquire(group, model, cfg, est)
     h["X-RateLimit-Remaining-Tokens"] = math.max(0, cfg.tpm - res[4])
     h["X-RateLimit-Reset-Tokens"] = reset .. "s"
   end
-  if res[1] ~= 1 then
-    h["Retry-After"] = reset
-    return nil, h, res[2]
-  end
-  return { est = cfg.tpm > 0 and est or 0, tk = tk, where = where, headers = h }
+  return nil, h, res[2]
 end
 
 -- The request used `actual` tokens where it reserved r.est.
