@@ -76,6 +76,15 @@ def app(port, extra=""):
             local v, err = redis.call("BLPOP", "never", "2")
             return 200, { v = v or false, err = err }
           end },
+        { "GET", "/big", function(req)
+            -- More than the socket takes at once, so the write goes on when
+            -- the socket is writable again.
+            local n = tonumber(req.query.n)
+            local v = string.rep("x", n)
+            local r, err = redis.pipeline({ { "SET", "big", v }, { "STRLEN", "big" }, { "INCR", "after" } })
+            if not r then return 503, err end
+            return 200, { set = r[1], len = r[2], after = r[3] }
+          end },
         { "GET", "/need", function()
             local v, err = redis.call("INCR", "need")
             if not v then return 503, "redis unavailable: " .. err end
@@ -94,6 +103,15 @@ def test_commands_values_and_errors(gateway, redis_server):
     assert e["v"] is False and e["err"].startswith("WRONGTYPE")
     p = requests.get(g.url("/pipe")).json()["r"]
     assert p[0] == "OK" and p[1] is None and p[2]["err"].startswith("WRONGTYPE") and p[3] == ["1", None]
+
+
+def test_a_command_larger_than_the_socket_buffer(gateway, redis_server):
+    r = redis_server()
+    g = gateway(app(r.port))
+    n = 8 << 20
+    got = requests.get(g.url("/big"), params={"n": n}).json()
+    assert got == {"set": "OK", "len": n, "after": 1}
+    assert requests.get(g.url("/kv")).json()["get"] == "1"     # the connection goes on
 
 
 def test_scripts_reload_after_a_flush(gateway, redis_server):
