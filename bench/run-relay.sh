@@ -201,6 +201,25 @@ as_pg taskset -c "$SERVER_CPU" "$PGBIN/pg_ctl" -D "$PG_DATA" -l "$RUN_DIR/logs/p
 PID[postgres]=$(head -n 1 "$PG_DATA/postmaster.pid"); STARTED+=(postgres)
 log "started postgres pid ${PID[postgres]} (data $PG_DATA)"
 PSQL=("$PGBIN/psql" -h "$HOST" -p "$PG_PORT" -U postgres -d postgres -At -v ON_ERROR_STOP=1)
+# PostgreSQL's share of the server core. Every PostgreSQL process calls
+# setsid(), so each backend is a scheduler autogroup of its own, and on this
+# kernel (EEVDF) such a backend, runnable but alone in its group, got ~3% of
+# the core against the group of the relay, the mock and Redis: a 1000-row
+# log flush that takes 16 ms on a quiet core took 1.1 s under load, the log
+# queue outgrew memory and the relay wrote most rows to its disk spool and
+# read them back -- the slow-database path, not the steady state this
+# benchmark measures. With its autogroups at nice PG_NICE (default -10)
+# the flushes keep up. In a deployment the database has its own CPU. Applied
+# before every load and, by the spool watcher, every second (the relay's pool
+# may open a backend mid-run).
+pg_share() {
+    [ -n "$PG_NICE" ] || return 0
+    local p
+    for p in ${PID[postgres]} $(pgrep -P "${PID[postgres]}" 2>/dev/null); do
+        echo "$PG_NICE" >"/proc/$p/autogroup" 2>/dev/null || true
+    done
+}
+
 
 mkdir -p redis
 start redis redis-server --port "$REDIS_PORT" --bind "$HOST" --save '' --appendonly no --dir "$RUN_DIR/redis"
@@ -224,7 +243,9 @@ mkfifo tmp/watch.fifo
 (
     exec 3<>tmp/watch.fifo
     declare -A seen=()
+    tick=0
     while :; do
+        tick=$((tick+1)); [ $((tick % 10)) = 0 ] && pg_share
         for f in spool/*; do
             [ -e "$f" ] || continue
             f=${f#spool/}
@@ -365,23 +386,6 @@ wrk_count() {   # wrk_count CELL OUTFILE -> PARSED (wrkparse.py's line); no subs
 NON2XX=0; SOCKERR=0
 PARSED=
 : >load.tsv
-# PostgreSQL's share of the server core. Every PostgreSQL process calls
-# setsid(), so each backend is a scheduler autogroup of its own, and on this
-# kernel (EEVDF) such a backend, runnable but alone in its group, got ~3% of
-# the core against the group of the relay, the mock and Redis: a 1000-row
-# log flush that takes 16 ms on a quiet core took 1.1 s under load, the log
-# queue outgrew memory and the relay wrote most rows to its disk spool and
-# read them back -- the slow-database path, not the steady state this
-# benchmark measures. With its autogroups at nice PG_NICE (default -10)
-# the flushes keep up. In a deployment the database has its own CPU.
-pg_share() {
-    [ -n "$PG_NICE" ] || return 0
-    local p
-    for p in ${PID[postgres]} $(pgrep -P "${PID[postgres]}" 2>/dev/null); do
-        echo "$PG_NICE" >"/proc/$p/autogroup" 2>/dev/null || true
-    done
-}
-
 bench() {   # bench REP CELL -> appends one line to load.tsv
     local rep=$1 cell=$2 tag a b sa sb oa ob wa wb parsed row foreign attempt=0
     tag="rep$rep-$cell"
