@@ -16,9 +16,10 @@
  * than hiredis's libuv one: commands queued during a loop turn are written
  * once, from the worker's prepare phase (mg_redis_flush, like upstream
  * requests), and the socket is watched for writability only when the kernel
- * would not take everything. hiredis's adapter re-armed the poll handle
- * twice per command -- four epoll_ctl calls, two failing with EEXIST, and a
- * loop turn spent waiting to learn the socket is writable. */
+ * would not take everything. hiredis's libuv adapter re-armed its poll
+ * handle around every write (on the AI relay: an epoll_ctl per request,
+ * nearly all failing with EEXIST) and spent a loop turn learning that the
+ * socket was writable. */
 #include "moongate/app.h"
 #include "moongate/log.h"
 #include "moongate/lua_api.h"
@@ -112,7 +113,6 @@ static void push_reply(lua_State *co, redisReply *r, int nested) {
   }
 }
 
-
 /* ---- the event adapter ---------------------------------------------------- */
 
 static void io_poll_cb(uv_poll_t *h, int status, int events) {
@@ -121,7 +121,7 @@ static void io_poll_cb(uv_poll_t *h, int status, int events) {
   if (status < 0) events = io->events;   /* let hiredis find the error */
   if (events & UV_WRITABLE) {
     io->in_write = 1;
-    redisAsyncHandleWrite(ac);           /* may free ac (and io's cleanup runs) */
+    redisAsyncHandleWrite(ac);           /* may free ac: io_cleanup clears io->ac */
     if (io->ac) io->in_write = 0;
     else return;
   }
@@ -186,7 +186,7 @@ void mg_redis_flush(mg_worker *w) {
     w->redis_dirty = io->next_dirty;
     io->queued = 0;
     io->in_write = 1;
-    redisAsyncHandleWrite(io->ac);       /* may end in io_cleanup: then io is gone */
+    redisAsyncHandleWrite(io->ac);       /* may free ac: io_cleanup clears io->ac */
     if (io->ac) io->in_write = 0;
   }
 }
