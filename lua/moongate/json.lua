@@ -4,6 +4,7 @@
 --   json.encode({ data = json.array(list) })   -- an empty list encodes as [] (cjson: {})
 --   json.encode({ tags = json.empty_array })
 --   json.set_member(text, "model", '"gpt-4o"') -> new text | nil, err
+--   json.member_is(text, "model", '"gpt-4o"') -> true when set_member would change nothing
 --
 -- set_member edits one top-level member of a JSON object text in place and
 -- leaves every other byte alone. A gateway that rewrites a client's body
@@ -123,6 +124,29 @@ function M.set_member(text, key, value_json)
   end
   out[#out + 1] = sub(text, last)
   return table.concat(out)
+end
+
+-- Whether the top-level member `key` of `text` -- a JSON object text that
+-- is known to be valid (it decoded) -- appears exactly once, spelled plainly,
+-- with exactly `value_json` as its value: then set_member(text, key,
+-- value_json) would change nothing, and a gateway passing a client's
+-- `model` on as it came can skip it. Without any \u escape in the text, a
+-- top-level member must appear as "key" literally, so one occurrence is
+-- that member. false when unsure.
+function M.member_is(text, key, value_json)
+  if type(text) ~= "string" or type(key) ~= "string" or type(value_json) ~= "string" then
+    error("json.member_is(text, key, value_json): expected three strings", 2)
+  end
+  if not find(key, "^[%w_%-]+$") or find(text, "\\u") then return false end
+  local quoted = '"' .. key .. '"'
+  local at = find(text, quoted, 1, true)
+  if not at or find(text, quoted, at + #quoted, true) then return false end
+  local colon = find(text, "%S", at + #quoted)
+  if not colon or byte(text, colon) ~= 58 then return false end
+  local v = find(text, "%S", colon + 1)
+  if not v or sub(text, v, v + #value_json - 1) ~= value_json then return false end
+  local after = find(text, "%S", v + #value_json)
+  return after ~= nil and (byte(text, after) == 44 or byte(text, after) == 125)
 end
 
 return M

@@ -34,3 +34,27 @@ test("set_member refuses what is not an object", function()
   end
   raises(function() json.set_member({}, "a", "1") end, "expected three strings")
 end)
+
+test("member_is says when set_member would change nothing, and false when unsure", function()
+  local v = '"gpt-4o-mini"'
+  assert(json.member_is('{"model":"gpt-4o-mini","messages":[]}', "model", v))
+  assert(json.member_is('{ "messages": [], "model" : "gpt-4o-mini" }', "model", v))
+  -- an escaped quote never makes a second plain "model"
+  assert(json.member_is('{"messages":[{"content":"say \\"model\\""}],"model":"gpt-4o-mini"}', "model", v))
+  local unsure = {
+    '{"model":"gpt-4o","messages":[]}',                       -- another value
+    '{"model":"gpt-4o-mini-x"}',                              -- a longer value with that prefix
+    '{"model":"gpt-4o-mini","model":"gpt-4o"}',               -- twice: a decoder takes the last
+    '{"mod\\u0065l":"gpt-4o","model":"gpt-4o-mini"}',         -- an escaped spelling of the key
+    '{"model":"gpt-4o-mini","x":"a \\u00e9"}',                -- any \u escape: the slow path
+    '{"messages":[{"content":"x\\"model"}],"model":"gpt-4o-mini"}',   -- "model" inside a string
+    '{"messages":[]}',                                        -- absent
+  }
+  for _, text in ipairs(unsure) do
+    eq(json.member_is(text, "model", v), false, text)
+    -- and set_member gives the same answer either way
+    local out = json.set_member(text, "model", v)
+    eq(cjson.decode(out).model, "gpt-4o-mini", text)
+  end
+  raises(function() json.member_is("{}", 1, v) end, "expected three strings")
+end)

@@ -11,6 +11,8 @@ local schema = require "lib.schema"
 
 local M = {}
 
+local find = string.find
+
 -- The logs columns a row fills, with their types: a flush sends one
 -- PostgreSQL array per column (unnest() turns them back into rows). Parsing
 -- arrays costs PostgreSQL about a quarter of what json_populate_recordset
@@ -63,7 +65,7 @@ local function column_array(rows, name, kind, parts)
     local v = rows[i][name]
     local t = type(v)
     if t == "string" then
-      if v:find('[\\"]') then v = v:gsub('[\\"]', "\\%0") end
+      if find(v, '"', 1, true) or find(v, "\\", 1, true) then v = v:gsub('[\\"]', "\\%0") end
       parts[n + 1], parts[n + 2], parts[n + 3] = ',"', v, '"'
       n = n + 3
     else
@@ -113,7 +115,7 @@ local function second_range(b)   -- allowed range of the byte after lead byte b 
 end
 
 function M.clean_text(s)
-  if not s:find("[%z\128-\255]") then return s end
+  if s == "" or not find(s, "[%z\128-\255]") then return s end
   local out, n, i, len = {}, 0, 1, #s
   local byte = string.byte
   while i <= len do

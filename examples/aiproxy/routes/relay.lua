@@ -260,8 +260,13 @@ local function relay(req, ep)
       attempts = attempts + 1
       local upstream_model = ch.model_mapping[m] or m
       row.channel_id, row.upstream_model = ch.id, upstream_model
+      local model_json = cjson.encode(upstream_model)
+      local upstream_body = base
+      if not json.member_is(base, "model", model_json) then
+        upstream_body = json.set_member(base, "model", model_json) or base
+      end
       local res, kind, msg = req:fetch(ch.base_url .. ep.path, {
-        method = "POST", body = json.set_member(base, "model", cjson.encode(upstream_model)) or base,
+        method = "POST", body = upstream_body,
         headers = { Authorization = "Bearer " .. ch.key, ["Content-Type"] = "application/json" },
         timeout = mcfg.timeout, connect_timeout = CONNECT_TIMEOUT, stream = true,
       })
