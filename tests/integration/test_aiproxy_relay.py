@@ -377,6 +377,32 @@ def test_stream_with_include_usage_and_without_upstream_usage(app, mock):
     assert rows[0]["usage_estimated"] is True and rows[0]["completion_tokens"] > 0
 
 
+def test_usage_counts_no_integer_holds_are_estimated_and_logged(app, mock):
+    # -5 and 1e300 tokens from an upstream: ignored and estimated, so the row
+    # still fits the log table (one bad row used to fail its whole batch).
+    m, good = uniq(), uniq()
+    channel(app, mock.url(), [m], key="mock-fault-bad-usage")
+    channel(app, mock.url(), [good])
+    t = token(app)
+    r = chat(app, t, m, mock={"chunks": 8})
+    assert r.status_code == 200, r.text
+    c, resp = stream_request(app, t, {"model": m, "stream": True, "mock": {"chunks": 8},
+                                      "messages": [{"role": "user", "content": "hello there"}]})
+    events = sse_events(l for _, l in timed_lines(resp))
+    c.close()
+    assert events[-1] == "[DONE]"
+    rows = logs(app, model_name=m)
+    deadline = time.time() + 5 * SLOW
+    while len(rows) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+        rows = logs(app, model_name=m)
+    assert len(rows) == 2, rows
+    for row in rows:
+        assert row["code"] == 200 and row["usage_estimated"] is True
+        assert 0 < row["completion_tokens"] < 1000 and row["prompt_tokens"] > 0
+    assert one_log(app, chat(app, t, good))["usage_estimated"] is False
+
+
 def test_client_abort_cancels_the_upstream_stream(app, mock):
     m = uniq()
     channel(app, mock.url(), [m])

@@ -86,6 +86,26 @@ local function completion_reserve(body, kind)
   return DEFAULT_COMPLETION
 end
 
+-- A token count as an upstream reported it, if it is one: a whole number
+-- that PostgreSQL's integer columns hold. Anything else (negative, 1e300,
+-- a string) is ignored and the usage estimated: one such row would fail its
+-- log batch, and the counts drive spending and TPM.
+local function token_count(v)
+  if type(v) == "number" and v >= 0 and v < 2147483648 and v == math.floor(v) then return v end
+end
+
+-- The generated text's length in a non-streamed answer (for an estimate).
+local function answer_text_len(obj)
+  local n = 0
+  if type(obj) == "table" and type(obj.choices) == "table" then
+    for _, c in ipairs(obj.choices) do
+      local text = type(c) == "table" and (type(c.message) == "table" and c.message.content or c.text)
+      if type(text) == "string" then n = n + #text end
+    end
+  end
+  return n
+end
+
 -- The upstream's error message, from an OpenAI-shaped body or its text.
 local function upstream_message(status, text)
   local obj = cjson.decode(text or "")
@@ -314,6 +334,7 @@ local function relay(req, ep)
           catalog.record(ch.id, true)
           st.ttfb = now_ms() - t0
           usage_obj, ended = obj.usage, "done"
+          st.answer_obj = obj
           if obj.model ~= nil and obj.model ~= model then
             text = json.set_member(text, "model", cjson.encode(model)) or text
           end
@@ -346,13 +367,14 @@ local function relay(req, ep)
 
   -- Usage and spending.
   local prompt, completion
-  if type(usage_obj) == "table" and type(usage_obj.prompt_tokens) == "number" then
-    prompt = usage_obj.prompt_tokens
-    completion = type(usage_obj.completion_tokens) == "number" and usage_obj.completion_tokens or 0
-  else
+  if type(usage_obj) == "table" then
+    prompt = token_count(usage_obj.prompt_tokens)
+    completion = usage_obj.completion_tokens == nil and 0 or token_count(usage_obj.completion_tokens)
+  end
+  if not (prompt and completion) then
     row.usage_estimated = true
     prompt = est_prompt
-    completion = math.ceil((text_len or 0) / 4)
+    completion = math.ceil((text_len or answer_text_len(st.answer_obj)) / 4)
   end
   row.prompt_tokens, row.completion_tokens, row.total_tokens = prompt, completion, prompt + completion
   row.amount = (prompt * cfg.input_price + completion * cfg.output_price) / 1000

@@ -7,7 +7,7 @@ local M = {}
 
 M.FAULTS = {
   ["500"] = true, ["429"] = true, ["400"] = true, ["bad-key"] = true,
-  stall = true, slow = true, drop = true, ["no-usage"] = true, garbage = true,
+  stall = true, slow = true, drop = true, ["no-usage"] = true, ["bad-usage"] = true, garbage = true,
 }
 M.STALL_SECONDS = 30
 M.SLOW_SECONDS = 2

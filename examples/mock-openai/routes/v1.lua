@@ -84,7 +84,10 @@ end
 
 local JSON = "application/json"
 
-local function usage(prompt, completion)
+local function usage(prompt, completion, fault)
+  if fault == "bad-usage" then      -- counts no integer column holds
+    return { prompt_tokens = -5, completion_tokens = 1e300, total_tokens = 1e300 }
+  end
   return { prompt_tokens = prompt, completion_tokens = completion, total_tokens = prompt + completion }
 end
 
@@ -150,7 +153,7 @@ function H.chat(req, body, ctl, fault, headers, model)
   local id, created = "chatcmpl-mock-" .. n, os.time()
   local is_stream, include_usage = stream_flags(body)
   if not is_stream then
-    local u = fault ~= "no-usage" and usage(prompt, #words) or nil
+    local u = fault ~= "no-usage" and usage(prompt, #words, fault) or nil
     return complete(req, {
       id = id, object = "chat.completion", created = created, model = model,
       system_fingerprint = "fp_mock",
@@ -177,7 +180,7 @@ function H.chat(req, body, ctl, fault, headers, model)
   if include_usage and fault ~= "no-usage" then
     events[#events + 1] = encode({ id = id, object = "chat.completion.chunk", created = created,
                                    model = model, system_fingerprint = "fp_mock",
-                                   choices = mock.EMPTY_ARRAY, usage = usage(prompt, #words) })
+                                   choices = mock.EMPTY_ARRAY, usage = usage(prompt, #words, fault) })
   end
   return stream(req, events, content, headers, fault, ctl.delay)
 end
@@ -199,7 +202,7 @@ function H.completions(req, body, ctl, fault, headers, model)
   local id, created = "cmpl-mock-" .. mock.stats.requests, os.time()
   local is_stream, include_usage = stream_flags(body)
   if not is_stream then
-    local u = fault ~= "no-usage" and usage(prompt, #words) or nil
+    local u = fault ~= "no-usage" and usage(prompt, #words, fault) or nil
     return complete(req, {
       id = id, object = "text_completion", created = created, model = model,
       system_fingerprint = "fp_mock",
