@@ -40,8 +40,10 @@
 --     in push order. A replayed file is deleted once all of it is flushed.
 --     One warn line when failures start, one info line ("replayed N rows")
 --     when the backlog is gone.
---   * more than memory_rows rows waiting (flushing too slow or failing):
---     the rows in memory go to the spool, and are replayed from there.
+--   * more than memory_rows rows waiting (flushing too slow): the oldest
+--     max_rows of them go to the spool -- one bounded write, so the request
+--     that crossed the line waits for max_rows rows, not for all of memory --
+--     and are replayed from there, before the rows still in memory.
 --   * the spool of a queue in a worker is bounded by spool_limit bytes (so
 --     a process holds at most workers x spool_limit per queue); rows past it
 --     are dropped and counted (stats().dropped) with a rate-limited warn
@@ -76,7 +78,8 @@
 -- should be JSON-shaped tables; flush must not modify them.
 --
 -- Disk writes are plain Lua io (blocking, on a local file), done only when
--- flushing fails, when memory_rows is exceeded, and in the close hook; the
+-- flushing fails, when memory_rows is exceeded (max_rows rows at a time), and
+-- in the close hook; the
 -- files are flushed to the kernel (a process crash loses nothing written),
 -- not fsync'ed (a machine crash may lose the last ones).
 --
@@ -234,12 +237,16 @@ function Q:_append(w, rows, i, j, key)
   return w
 end
 
--- The rows in memory go to the end of the writer (they are the newest).
-function Q:_spill()
+-- The oldest `n` rows in memory (all of them when n is nil) go to the end of
+-- the writer: they are newer than anything spooled before, older than what
+-- stays in memory.
+function Q:_spill(n)
   if self.mt < self.mh then return end
-  self.writer = self:_append(self.writer, self.mem, self.mh, self.mt)
-  for k = self.mh, self.mt do self.mem[k] = nil end
-  self.mh, self.mt = 1, 0
+  local last = n and min(self.mt, self.mh + n - 1) or self.mt
+  self.writer = self:_append(self.writer, self.mem, self.mh, last)
+  for k = self.mh, last do self.mem[k] = nil end
+  self.mh = last + 1
+  if self.mh > self.mt then self.mh, self.mt = 1, 0 end
 end
 
 -- Adds a claimed file to the replay list, ordered by key; never before the
@@ -558,7 +565,7 @@ function Q:push(row)
   self.mt = t
   if t - self.mh + 1 > self.memory_rows then
     if self.disk and not self.closed then
-      self:_spill()
+      self:_spill(self.max_rows)          -- a bounded write, not all of memory at once
     else                               -- no disk here: keep the newest
       self.mem[self.mh] = nil
       self.mh = self.mh + 1

@@ -134,6 +134,19 @@ test("memory_rows: the oldest rows go to the spool, order is kept", function()
   rmdir(dir)
 end)
 
+test("memory_rows: a spill writes the oldest max_rows rows, the newer stay in memory", function()
+  local dir = tmpdir()
+  local s = sink()
+  local q = batch.new{ name = "part", flush = s.flush, memory_rows = 5, max_rows = 2, spool_dir = dir }
+  for i = 1, 8 do q:push({ n = i }) end
+  local st = q:stats()
+  eq({ st.pending, st.spooled_rows }, { 4, 4 })   -- 1-2 spilled at 6, 3-4 at 8
+  eq(q:flush_now(), true)
+  eq(s.got, seq(1, 8))                              -- the spool first, then memory: in order
+  eq(files(dir), {})
+  rmdir(dir)
+end)
+
 test("spool_limit: rows past it are dropped and counted", function()
   local dir = tmpdir()
   local s = sink()
