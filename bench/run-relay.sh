@@ -220,7 +220,6 @@ pg_share() {
     done
 }
 
-
 mkdir -p redis
 start redis redis-server --port "$REDIS_PORT" --bind "$HOST" --save '' --appendonly no --dir "$RUN_DIR/redis"
 wait_listen redis "$REDIS_PORT" 10

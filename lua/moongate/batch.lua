@@ -78,10 +78,10 @@
 -- should be JSON-shaped tables; flush must not modify them.
 --
 -- Disk writes are plain Lua io (blocking, on a local file), done only when
--- flushing fails, when memory_rows is exceeded (max_rows rows at a time), and
--- in the close hook; the
--- files are flushed to the kernel (a process crash loses nothing written),
--- not fsync'ed (a machine crash may lose the last ones).
+-- flushing fails, when memory_rows is exceeded (max_rows rows at a time),
+-- and in the close hook; the files are flushed to the kernel (a process
+-- crash loses nothing written), not fsync'ed (a machine crash may lose the
+-- last ones).
 --
 -- Misuse (missing name or flush, wrong types, a name used twice in one
 -- config) raises at batch.new; push only raises for a row that is not a
