@@ -207,6 +207,7 @@ void mg_fetch_shutdown(mg_worker *w) {
   w->curl_multi = NULL;
   while (w->fetch_free) {
     mg_fetch *f = w->fetch_free;
+    mg_pool_unpoison(f, sizeof *f, &f->head, &f->body);
     w->fetch_free = f->next_all;
     mg_buf_free(&f->head);
     mg_buf_free(&f->body);
@@ -248,6 +249,7 @@ static void easy_put(mg_worker *w, CURL *easy) {
 static mg_fetch *fetch_new(mg_worker *w) {
   mg_fetch *f = w->fetch_free;
   if (f) {
+    mg_pool_unpoison(f, sizeof *f, &f->head, &f->body);
     w->fetch_free = f->next_all;
     w->nfetch_free--;
     mg_buf head = f->head, body = f->body;
@@ -398,6 +400,7 @@ void mg_fetch_free(mg_fetch *f) {
     f->next_all = w->fetch_free;           /* reset by fetch_new */
     w->fetch_free = f;
     w->nfetch_free++;
+    mg_pool_poison(f, sizeof *f, &f->head, &f->body);
     return;
   }
   mg_buf_free(&f->head);

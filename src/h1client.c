@@ -198,6 +198,7 @@ void mg_h1_pool_free(mg_h1_pool *pool) {
   while (pool->idle_head) conn_close(pool->idle_head);
   while (pool->free_x) {
     mg_h1_exchange *x = pool->free_x;
+    mg_pool_unpoison(x, sizeof *x, &x->out, NULL);
     pool->free_x = x->run_next;
     mg_buf_free(&x->out);
     free(x);
@@ -794,6 +795,7 @@ int mg_h1_start(mg_fetch *f, const mg_fetch_spec *spec, char *err, size_t errlen
   mg_h1_pool *pool = w->h1pool;
   mg_h1_exchange *x = pool->free_x;
   if (x) {                       /* reused with its head buffer */
+    mg_pool_unpoison(x, sizeof *x, &x->out, NULL);
     pool->free_x = x->run_next;
     pool->nfree_x--;
     mg_buf out = x->out;
@@ -869,6 +871,7 @@ void mg_h1_free(mg_fetch *f) {
     x->run_next = pool->free_x;            /* reset by mg_h1_start */
     pool->free_x = x;
     pool->nfree_x++;
+    mg_pool_poison(x, sizeof *x, &x->out, NULL);
     return;
   }
   mg_buf_free(&x->out);

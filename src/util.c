@@ -105,6 +105,18 @@ void mg_buf_free(mg_buf *b) {
   b->len = b->cap = 0;
 }
 
+void mg_pool_poison(void *obj, size_t size, mg_buf *a, mg_buf *b) {
+  if (a && a->data) MG_POISON(a->data, a->cap);
+  if (b && b->data) MG_POISON(b->data, b->cap);
+  MG_POISON(obj, size);
+}
+
+void mg_pool_unpoison(void *obj, size_t size, mg_buf *a, mg_buf *b) {
+  MG_UNPOISON(obj, size);
+  if (a && a->data) MG_UNPOISON(a->data, a->cap);
+  if (b && b->data) MG_UNPOISON(b->data, b->cap);
+}
+
 uint64_t mg_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

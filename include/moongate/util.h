@@ -21,6 +21,23 @@ void mg_buf_printf(mg_buf *b, const char *fmt, ...)
 /* Appends `s` as the body of a JSON string (no quotes), escaping as needed. */
 void mg_buf_json_escape(mg_buf *b, const char *s, size_t n);
 void mg_buf_free(mg_buf *b);
+
+/* Objects kept on a free list for reuse (transfers, exchanges) are poisoned
+ * there in sanitizer builds, so a use after release is still reported as it
+ * would be after free(). No-ops otherwise. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define MG_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define MG_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define MG_POISON(p, n) ((void)(p), (void)(n))
+#define MG_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+/* A pooled object with up to two of its own buffers (`a`, `b`: fields of
+ * obj, or NULL): poisoned as it goes on the free list -- after its link is
+ * set -- and unpoisoned before anything of it is read again. */
+void mg_pool_poison(void *obj, size_t size, mg_buf *a, mg_buf *b);
+void mg_pool_unpoison(void *obj, size_t size, mg_buf *a, mg_buf *b);
 /* Fast paths for the response head: no printf on the hot path. */
 void mg_buf_append_uint(mg_buf *b, uint64_t v);
 void mg_buf_append_hex(mg_buf *b, uint64_t v);

@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -302,8 +303,32 @@ static void strcaseeq_compares_length_and_case(void **state) {
   assert_false(mg_strcaseeq("Host", 4, "hosx", 4));
 }
 
+/* A pooled object and its buffer are unusable on the free list in a
+ * sanitizer build (so a use after release is reported), usable again after. */
+static void pool_poison_marks_object_and_buffers(void **state) {
+  (void)state;
+  struct pooled { void *link; mg_buf buf; } *o = calloc(1, sizeof *o);
+  mg_buf_append(&o->buf, "abc", 3);
+  char *data = o->buf.data;
+  mg_pool_poison(o, sizeof *o, &o->buf, NULL);
+#if defined(__SANITIZE_ADDRESS__)
+  assert_true(__asan_address_is_poisoned(o));
+  assert_true(__asan_address_is_poisoned(data));
+#endif
+  mg_pool_unpoison(o, sizeof *o, &o->buf, NULL);
+#if defined(__SANITIZE_ADDRESS__)
+  assert_false(__asan_address_is_poisoned(o));
+  assert_false(__asan_address_is_poisoned(data));
+#endif
+  assert_int_equal(o->buf.len, 3);
+  assert_memory_equal(data, "abc", 3);
+  mg_buf_free(&o->buf);
+  free(o);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+    cmocka_unit_test(pool_poison_marks_object_and_buffers),
     cmocka_unit_test(size_plain_number_is_bytes),
     cmocka_unit_test(size_suffixes_are_binary_multiples),
     cmocka_unit_test(size_accepts_b_after_suffix_and_any_case),
