@@ -53,7 +53,6 @@ typedef struct redis_io {
   redisAsyncContext *ac;
   mg_worker *w;
   int events;                      /* UV_READABLE / UV_WRITABLE being watched */
-  int connected;                   /* hiredis finished connecting */
   int in_write;                    /* inside redisAsyncHandleWrite */
   int queued;                      /* on w->redis_dirty */
   struct redis_io *next_dirty;
@@ -143,8 +142,10 @@ static void io_del_write(void *d) { redis_io *io = d; io_start(io, io->events & 
  * while connecting, or when a write left data behind, wait for writability. */
 static void io_add_write(void *d) {
   redis_io *io = d;
-  if (!io->connected && (io->ac->c.flags & REDIS_CONNECTED)) io->connected = 1;
-  if (!io->connected || io->in_write) { io_start(io, io->events | UV_WRITABLE); return; }
+  if (!(io->ac->c.flags & REDIS_CONNECTED) || io->in_write) {
+    io_start(io, io->events | UV_WRITABLE);
+    return;
+  }
   if (io->queued) return;
   io->queued = 1;
   io->next_dirty = io->w->redis_dirty;

@@ -60,6 +60,7 @@ local FLUSH_SQL = "WITH ins AS (INSERT INTO logs (" .. M.COLUMNS .. ") SELECT * 
 -- and double quote escaped, integers whole, other numbers as Lua prints them,
 -- booleans t/f, a missing value NULL.
 local function column_array(rows, name, kind, parts)
+  local whole = kind == "integer" or kind == "bigint"
   local n = 0
   for i = 1, #rows do
     local v = rows[i][name]
@@ -69,7 +70,7 @@ local function column_array(rows, name, kind, parts)
       parts[n + 1], parts[n + 2], parts[n + 3] = ',"', v, '"'
       n = n + 3
     else
-      if t == "number" then v = (kind == "integer" or kind == "bigint") and string.format("%d", v) or tostring(v)
+      if t == "number" then v = whole and string.format("%d", v) or tostring(v)
       elseif t == "boolean" then v = v and "t" or "f"
       else v = "NULL" end
       parts[n + 1], parts[n + 2] = ",", v

@@ -269,7 +269,7 @@ local function relay(req, ep)
   local chain = { model }
   for _, m in ipairs(cfg.fallbacks) do if m ~= model then chain[#chain + 1] = m end end
   local attempts, last = 0, nil
-  local usage_obj, text_len, ended
+  local usage_obj, text_len, ended, answer_obj
   for _, m in ipairs(chain) do
     local mcfg = m == model and cfg or catalog.model_config(snap, m)
     local tried = {}
@@ -333,8 +333,7 @@ local function relay(req, ep)
         if text and type(obj) == "table" and not obj[1] then
           catalog.record(ch.id, true)
           st.ttfb = now_ms() - t0
-          usage_obj, ended = obj.usage, "done"
-          st.answer_obj = obj
+          usage_obj, ended, answer_obj = obj.usage, "done", obj
           if obj.model ~= nil and obj.model ~= model then
             text = json.set_member(text, "model", cjson.encode(model)) or text
           end
@@ -374,7 +373,7 @@ local function relay(req, ep)
   if not (prompt and completion) then
     row.usage_estimated = true
     prompt = est_prompt
-    completion = math.ceil((text_len or answer_text_len(st.answer_obj)) / 4)
+    completion = math.ceil((text_len or answer_text_len(answer_obj)) / 4)
   end
   row.prompt_tokens, row.completion_tokens, row.total_tokens = prompt, completion, prompt + completion
   row.amount = (prompt * cfg.input_price + completion * cfg.output_price) / 1000
