@@ -7,6 +7,7 @@
 #include "moongate/fetch.h"
 #include "moongate/forward.h"
 #include "moongate/http.h"
+#include "moongate/json_scan.h"
 #include "moongate/log.h"
 #include "moongate/worker.h"
 
@@ -127,6 +128,63 @@ static int l_random_hex(lua_State *L) {
   mg_random_hex(out, n);
   lua_pushlstring(L, out, (size_t)n);
   return 1;
+}
+
+/* core.clean_utf8(s): s itself when it is valid UTF-8 without NUL (no copy),
+ * else a copy with every byte that is not part of a valid character
+ * replaced by "?". For text bound for stores that refuse the bad bytes. */
+static int l_clean_utf8(lua_State *L) {
+  size_t n, i = 0, len = 0;
+  luaL_checktype(L, 1, LUA_TSTRING);
+  const char *s = lua_tolstring(L, 1, &n);
+  const unsigned char *u = (const unsigned char *)s;
+  while (i < n && (len = mg_utf8_char_len(u + i, n - i)) > 0) i += len;
+  if (i == n) {
+    lua_settop(L, 1);
+    return 1;
+  }
+  luaL_Buffer B;
+  luaL_buffinit(L, &B);
+  luaL_addlstring(&B, s, i);
+  while (i < n) {
+    len = mg_utf8_char_len(u + i, n - i);
+    if (len) {
+      luaL_addlstring(&B, s + i, len);
+      i += len;
+    } else {
+      luaL_addchar(&B, '?');
+      i++;
+    }
+  }
+  luaL_pushresult(&B);
+  return 1;
+}
+
+/* core.json_members(text, key, ...) -> one value per key: the JSON text of
+ * that top-level member (false when absent), or nil, err when text is not a
+ * well-formed JSON object. See moongate/json_scan.h. */
+static int l_json_members(lua_State *L) {
+  size_t n;
+  luaL_checktype(L, 1, LUA_TSTRING);
+  const char *text = lua_tolstring(L, 1, &n);
+  int nwant = lua_gettop(L) - 1;
+  if (nwant < 1 || nwant > 8) return luaL_error(L, "json_members: expected 1 to 8 keys");
+  mg_json_member want[8];
+  for (int k = 0; k < nwant; k++) {
+    luaL_checktype(L, k + 2, LUA_TSTRING);
+    want[k].key = lua_tolstring(L, k + 2, &want[k].key_len);
+  }
+  const char *err = NULL;
+  if (mg_json_scan_members(text, n, want, nwant, &err) < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  for (int k = 0; k < nwant; k++) {
+    if (want[k].len) lua_pushlstring(L, text + want[k].start, want[k].len);
+    else lua_pushboolean(L, 0);
+  }
+  return nwant;
 }
 
 static int valid_token(const char *s, size_t n) {
@@ -446,6 +504,7 @@ int mg_luaopen_core(lua_State *L) {
     {"stream_write", l_stream_write}, {"stream_end", l_stream_end},
     {"response_started", l_response_started}, {"log_extra", l_log_extra},
     {"abort", l_abort}, {"random_hex", l_random_hex},
+    {"clean_utf8", l_clean_utf8}, {"json_members", l_json_members},
     {"traceparent", l_traceparent},
     {"sleep", l_sleep}, {"log", l_log}, {"now", l_now},
     {"parse_size", l_parse_size}, {"parse_duration", l_parse_duration},

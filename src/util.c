@@ -50,15 +50,21 @@ void mg_buf_append(mg_buf *b, const void *p, size_t n) {
 void mg_buf_appends(mg_buf *b, const char *s) { mg_buf_append(b, s, strlen(s)); }
 
 void mg_buf_printf(mg_buf *b, const char *fmt, ...) {
+  /* Format straight into the spare room; only a line that does not fit is
+   * formatted twice (once more after growing the buffer). */
+  mg_buf_reserve(b, 64);
+  size_t room = b->cap - b->len;
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(NULL, 0, fmt, ap);
+  int n = vsnprintf(b->data + b->len, room, fmt, ap);
   va_end(ap);
-  if (n < 0) return;
-  mg_buf_reserve(b, (size_t)n);
-  va_start(ap, fmt);
-  vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
-  va_end(ap);
+  if (n < 0) { b->data[b->len] = '\0'; return; }
+  if ((size_t)n >= room) {
+    mg_buf_reserve(b, (size_t)n);
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+  }
   b->len += (size_t)n;
 }
 
@@ -91,12 +97,44 @@ void mg_buf_append_uint(mg_buf *b, uint64_t v) {
   mg_buf_append(b, tmp + i, sizeof tmp - (size_t)i);
 }
 
+void mg_buf_append_ms(mg_buf *b, uint64_t ns) {
+  uint64_t us = (ns + 500) / 1000;
+  char frac[4] = {(char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10), (char)('0' + us % 10), 0};
+  mg_buf_append_uint(b, us / 1000);
+  mg_buf_append(b, ".", 1);
+  mg_buf_append(b, frac, 3);
+}
+
 void mg_buf_append_hex(mg_buf *b, uint64_t v) {
   static const char hex[] = "0123456789abcdef";
   char tmp[16];
   int i = sizeof tmp;
   do { tmp[--i] = hex[v & 15]; v >>= 4; } while (v);
   mg_buf_append(b, tmp + i, sizeof tmp - (size_t)i);
+}
+
+size_t mg_utf8_char_len(const unsigned char *s, size_t left) {
+  unsigned char b = s[0];
+  if (b >= 0x01 && b <= 0x7F) return 1;
+  size_t size;
+  unsigned char lo = 0x80, hi = 0xBF;           /* allowed range of the second byte */
+  if (b >= 0xC2 && b <= 0xDF) {
+    size = 2;
+  } else if (b >= 0xE0 && b <= 0xEF) {
+    size = 3;
+    if (b == 0xE0) lo = 0xA0;                    /* no overlong forms */
+    else if (b == 0xED) hi = 0x9F;               /* no UTF-16 surrogates */
+  } else if (b >= 0xF0 && b <= 0xF4) {
+    size = 4;
+    if (b == 0xF0) lo = 0x90;
+    else if (b == 0xF4) hi = 0x8F;               /* nothing past U+10FFFF */
+  } else {
+    return 0;
+  }
+  if (left < size || s[1] < lo || s[1] > hi) return 0;
+  for (size_t k = 2; k < size; k++)
+    if (s[k] < 0x80 || s[k] > 0xBF) return 0;
+  return size;
 }
 
 void mg_buf_free(mg_buf *b) {

@@ -129,15 +129,23 @@ void mg_worker_access_log(mg_worker *w, mg_request *req, const char *route) {
   mg_log_time(b);
   mg_buf_appends(b, "\",\"request_id\":\"");
   mg_buf_json_escape(b, req->id, strlen(req->id));
-  mg_buf_printf(b, "\",\"remote_ip\":\"%s\",\"method\":\"%s\",\"uri\":\"",
-                req->remote_ip, req->method ? req->method : "");
+  mg_buf_appends(b, "\",\"remote_ip\":\"");
+  mg_buf_appends(b, req->remote_ip);
+  mg_buf_appends(b, "\",\"method\":\"");
+  if (req->method) mg_buf_appends(b, req->method);
+  mg_buf_appends(b, "\",\"uri\":\"");
   mg_buf_json_escape(b, req->head.data ? req->head.data : "", req->url_len);
   uint64_t end = req->done_ns ? req->done_ns : uv_hrtime();
-  mg_buf_printf(b, "\",\"status\":%d,\"bytes\":%llu,\"latency_ms\":%.3f,\"route\":\"",
-                req->status, (unsigned long long)req->bytes_sent,
-                (double)(end - req->start_ns) / 1e6);
+  mg_buf_appends(b, "\",\"status\":");
+  mg_buf_append_uint(b, (uint64_t)(req->status > 0 ? req->status : 0));
+  mg_buf_appends(b, ",\"bytes\":");
+  mg_buf_append_uint(b, req->bytes_sent);
+  mg_buf_appends(b, ",\"latency_ms\":");
+  mg_buf_append_ms(b, end - req->start_ns);
+  mg_buf_appends(b, ",\"route\":\"");
   mg_buf_json_escape(b, route, strlen(route));
-  mg_buf_printf(b, "\",\"worker\":%d", w->id);
+  mg_buf_appends(b, "\",\"worker\":");
+  mg_buf_append_uint(b, (uint64_t)w->id);
   if (req->log_extra.len) mg_buf_append(b, req->log_extra.data, req->log_extra.len);
   mg_buf_append(b, "}\n", 2);
   if (b->len > 64 * 1024) {

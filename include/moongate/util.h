@@ -21,6 +21,10 @@ void mg_buf_printf(mg_buf *b, const char *fmt, ...)
 /* Appends `s` as the body of a JSON string (no quotes), escaping as needed. */
 void mg_buf_json_escape(mg_buf *b, const char *s, size_t n);
 void mg_buf_free(mg_buf *b);
+/* The length of the well-formed UTF-8 character at s (RFC 3629: no overlong
+ * forms, no surrogates, nothing past U+10FFFF), or 0 when the bytes there are
+ * not one. NUL counts as not one: PostgreSQL text cannot hold it. */
+size_t mg_utf8_char_len(const unsigned char *s, size_t left);
 
 /* Objects kept on a free list for reuse (transfers, exchanges) are poisoned
  * there in sanitizer builds, so a use after release is still reported as it
@@ -38,9 +42,12 @@ void mg_buf_free(mg_buf *b);
  * set -- and unpoisoned before anything of it is read again. */
 void mg_pool_poison(void *obj, size_t size, mg_buf *a, mg_buf *b);
 void mg_pool_unpoison(void *obj, size_t size, mg_buf *a, mg_buf *b);
-/* Fast paths for the response head: no printf on the hot path. */
+/* Fast paths for the response head and the access log: no printf on the
+ * hot path. mg_buf_append_ms writes nanoseconds as milliseconds with three
+ * decimals ("12.345"). */
 void mg_buf_append_uint(mg_buf *b, uint64_t v);
 void mg_buf_append_hex(mg_buf *b, uint64_t v);
+void mg_buf_append_ms(mg_buf *b, uint64_t ns);
 
 /* Aborts the process: used only for out-of-memory, as h2o does. */
 void *mg_xmalloc(size_t n);

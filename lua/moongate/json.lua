@@ -5,6 +5,7 @@
 --   json.encode({ tags = json.empty_array })
 --   json.set_member(text, "model", '"gpt-4o"') -> new text | nil, err
 --   json.member_is(text, "model", '"gpt-4o"') -> true when set_member would change nothing
+--   json.member(text, "usage", "model") -> usage_json, model_json (false: absent) | nil, err
 --
 -- set_member edits one top-level member of a JSON object text in place and
 -- leaves every other byte alone. A gateway that rewrites a client's body
@@ -12,6 +13,7 @@
 -- it: cjson would turn empty arrays into objects and mangle integers of 15+
 -- digits. Misuse raises; text that is not a JSON object returns nil, err.
 local cjson = require "cjson.safe"
+local core = require "moongate.core"
 
 local M = {}
 
@@ -147,6 +149,20 @@ function M.member_is(text, key, value_json)
   if not v or sub(text, v, v + #value_json - 1) ~= value_json then return false end
   local after = find(text, "%S", v + #value_json)
   return after ~= nil and (byte(text, after) == 44 or byte(text, after) == 125)
+end
+
+-- The JSON text of top-level members of an object, found without decoding
+-- it (a C scan that also checks the whole text is one well-formed JSON
+-- object): one result per key -- the member's value as JSON text, or false
+-- when the object has no such member (of duplicates, the last, as decoders
+-- keep) -- or nil, err when text is not a well-formed JSON object. For a
+-- relay that needs the `usage` of a provider's answer and nothing else:
+-- decoding the whole answer into tables costs several times more.
+function M.member(text, ...)
+  if type(text) ~= "string" or type((...)) ~= "string" then
+    error("json.member(text, key, ...): expected a text and key strings", 2)
+  end
+  return core.json_members(text, ...)
 end
 
 return M

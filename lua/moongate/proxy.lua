@@ -62,11 +62,19 @@ local function header_lines(map, into)
   return into
 end
 
+-- URL targets are split once each: a caller (the AI relay, say) fetches the
+-- same few URLs over and over. Bounded: emptied at MAX_URLS entries.
+local url_parts, n_url_parts, MAX_URLS = {}, 0, 1000
+
 local function resolve(target)
   local up = M.registry[target]
   if up then return up, "" end
+  local parts = url_parts[target]
+  if parts then return nil, parts[1], parts[2] end
   if type(target) == "string" and target:match("^https?://") then
     local base, rest = target:match("^(https?://[^/?#]+)(.*)$")
+    if n_url_parts >= MAX_URLS then url_parts, n_url_parts = {}, 0 end
+    url_parts[target], n_url_parts = { base, rest }, n_url_parts + 1
     return nil, base, rest
   end
   error(string.format("unknown upstream %q (not in the config's upstreams, not a URL)", tostring(target)), 3)

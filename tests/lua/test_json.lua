@@ -58,3 +58,39 @@ test("member_is says when set_member would change nothing, and false when unsure
   end
   raises(function() json.member_is("{}", 1, v) end, "expected three strings")
 end)
+
+test("member finds top-level members' JSON text without decoding", function()
+  local answer = '{"id":"c-1","choices":[{"message":{"content":"x","usage":"inner"}}],' ..
+                 '"usage":{"prompt_tokens":3,"completion_tokens":5} ,"model":"gpt-4o-mini"}'
+  local usage, model, absent = json.member(answer, "usage", "model", "nope")
+  eq(usage, '{"prompt_tokens":3,"completion_tokens":5}')
+  eq(model, '"gpt-4o-mini"')
+  eq(absent, false)
+  eq(json.member(' { "a" : [1, {"b": null}] } ', "a"), '[1, {"b": null}]')
+  eq(json.member('{"n":-1.5e+3,"t":true,"f":false,"z":null}', "n"), "-1.5e+3")
+  eq(json.member('{"a":1,"a":2}', "a"), "2")                   -- the last, as decoders keep
+  eq(json.member('{}', "a"), false)
+end)
+
+test("member decodes escaped keys before comparing", function()
+  eq(json.member('{"\\u006dodel":"m"}', "model"), '"m"')
+  eq(json.member('{"a\\"b":1}', 'a"b'), "1")
+  eq(json.member('{"\\ud83d\\ude00":1}', "\xf0\x9f\x98\x80"), "1")   -- a surrogate pair
+  eq(json.member('{"\\ud83d":1}', "\xed\xa0\xbd"), false)             -- a lone surrogate is no key
+end)
+
+test("member refuses what is not one well-formed JSON object", function()
+  local bad = { "", "  ", "[]", '"x"', "1", "{", '{"a"}', '{"a":1,}', '{"a":1 "b":2}', '{"a":"unterminated}',
+                '{"a":[1,2}', "{a:1}", '{"a":01}', '{"a":1.}', '{"a":.5}', '{"a":tru}', '{"a":1}x',
+                '{"a":"\\x"}', '{"a":"\\u12"}', '{"a":"tab\there"}', '{"a":1}{"b":2}',
+                '{"a":' .. string.rep("[", 1001) .. string.rep("]", 1001) .. "}" }
+  for _, text in ipairs(bad) do
+    local v, err = json.member(text, "a")
+    eq(v, nil, text)
+    assert(type(err) == "string" and err ~= "", text)
+  end
+  eq(json.member('{"a":' .. string.rep("[", 900) .. string.rep("]", 900) .. "}", "b"), false)
+  eq(pcall(json.member, {}, "a"), false)
+  eq(pcall(json.member, "{}"), false)
+  eq(pcall(json.member, "{}", 1), false)
+end)

@@ -237,6 +237,62 @@ static void buf_printf_handles_long_output(void **state) {
   mg_buf_free(&b);
 }
 
+/* A line that fills the spare room exactly is formatted again after the buffer
+ * grows: nothing is cut and the terminating NUL is in place. */
+static void buf_printf_fills_spare_room_exactly(void **state) {
+  mg_buf b = {0};
+  mg_buf_reserve(&b, 64);
+  size_t room = b.cap - b.len;
+  char line[512];
+  memset(line, 'z', room);
+  line[room] = '\0';
+  mg_buf_printf(&b, "%s", line);
+  assert_int_equal(b.len, room);
+  assert_int_equal(b.data[room - 1], 'z');
+  assert_int_equal(b.data[room], '\0');
+  mg_buf_free(&b);
+}
+
+static void buf_append_ms_rounds_to_microseconds(void **state) {
+  static const struct { uint64_t ns; const char *want; } cases[] = {
+    {0, "0.000"}, {499, "0.000"}, {500, "0.001"}, {1234567, "1.235"},
+    {999999, "1.000"}, {2000000, "2.000"}, {61234000000ull, "61234.000"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    mg_buf b = {0};
+    mg_buf_append_ms(&b, cases[i].ns);
+    assert_string_equal(b.data, cases[i].want);
+    mg_buf_free(&b);
+  }
+}
+
+/* ---- mg_utf8_char_len ------------------------------------------------------ */
+
+static size_t char_len(const char *s, size_t n) { return mg_utf8_char_len((const unsigned char *)s, n); }
+
+static void utf8_char_len_accepts_well_formed_characters(void **state) {
+  assert_int_equal(char_len("a", 1), 1);
+  assert_int_equal(char_len("\x7f", 1), 1);
+  assert_int_equal(char_len("\xc3\xa9", 2), 2);              /* é */
+  assert_int_equal(char_len("\xe2\x82\xac", 3), 3);          /* € */
+  assert_int_equal(char_len("\xed\x9f\xbf", 3), 3);          /* U+D7FF, just below the surrogates */
+  assert_int_equal(char_len("\xf0\x9f\x98\x80", 4), 4);      /* U+1F600 */
+  assert_int_equal(char_len("\xf4\x8f\xbf\xbf", 4), 4);      /* U+10FFFF */
+}
+
+static void utf8_char_len_refuses_bad_bytes(void **state) {
+  assert_int_equal(char_len("\0", 1), 0);                    /* NUL */
+  assert_int_equal(char_len("\x80", 1), 0);                  /* a lone continuation byte */
+  assert_int_equal(char_len("\xc0\xaf", 2), 0);              /* overlong "/" */
+  assert_int_equal(char_len("\xe0\x80\xaf", 3), 0);          /* overlong, three bytes */
+  assert_int_equal(char_len("\xed\xa0\x80", 3), 0);          /* a UTF-16 surrogate */
+  assert_int_equal(char_len("\xf4\x90\x80\x80", 4), 0);      /* past U+10FFFF */
+  assert_int_equal(char_len("\xf5\x80\x80\x80", 4), 0);
+  assert_int_equal(char_len("\xe2\x82", 2), 0);              /* cut off */
+  assert_int_equal(char_len("\xe2\x82\xac", 2), 0);          /* cut off by the length given */
+  assert_int_equal(char_len("\xe2\x28\xac", 3), 0);          /* a bad continuation */
+}
+
 /* ---- mg_buf_json_escape ------------------------------------------------- */
 
 /* Escapes n bytes of s into a fresh buffer and compares with want. */
@@ -357,6 +413,10 @@ int main(void) {
     cmocka_unit_test(buf_reserve_gives_room_without_changing_len),
     cmocka_unit_test(buf_printf_appends_formatted_text),
     cmocka_unit_test(buf_printf_handles_long_output),
+    cmocka_unit_test(buf_printf_fills_spare_room_exactly),
+    cmocka_unit_test(buf_append_ms_rounds_to_microseconds),
+    cmocka_unit_test(utf8_char_len_accepts_well_formed_characters),
+    cmocka_unit_test(utf8_char_len_refuses_bad_bytes),
     cmocka_unit_test(json_escape_plain_text_unchanged),
     cmocka_unit_test(json_escape_quotes_and_backslash),
     cmocka_unit_test(json_escape_newline_return_tab),

@@ -108,40 +108,9 @@ M.queue = batch.new{
 -- PostgreSQL text holds neither NUL nor invalid UTF-8, and one such value
 -- would fail its whole batch on every retry. Values that come from outside
 -- (the client's model name and request id, the upstream's error text, cut
--- at 1000 bytes) keep their valid UTF-8; every other byte becomes "?".
-local function second_range(b)   -- allowed range of the byte after lead byte b (RFC 3629)
-  if b == 0xE0 then return 0xA0, 0xBF elseif b == 0xED then return 0x80, 0x9F
-  elseif b == 0xF0 then return 0x90, 0xBF elseif b == 0xF4 then return 0x80, 0x8F end
-  return 0x80, 0xBF
-end
-
-function M.clean_text(s)
-  if s == "" or not find(s, "[%z\128-\255]") then return s end
-  local out, n, i, len = {}, 0, 1, #s
-  local byte = string.byte
-  while i <= len do
-    local b, size = byte(s, i), 0
-    if b >= 0x01 and b <= 0x7F then size = 1
-    elseif b >= 0xC2 and b <= 0xDF then size = 2
-    elseif b >= 0xE0 and b <= 0xEF then size = 3
-    elseif b >= 0xF0 and b <= 0xF4 then size = 4 end
-    local ok = size > 0 and i + size - 1 <= len
-    if ok and size > 1 then
-      local lo, hi = second_range(b)
-      local c = byte(s, i + 1)
-      ok = c >= lo and c <= hi
-      for k = i + 2, i + size - 1 do
-        if not ok then break end
-        c = byte(s, k)
-        ok = c >= 0x80 and c <= 0xBF
-      end
-    end
-    n = n + 1
-    if ok then out[n] = s:sub(i, i + size - 1); i = i + size
-    else out[n] = "?"; i = i + 1 end
-  end
-  return table.concat(out)
-end
+-- at 1000 bytes) keep their valid UTF-8; every other byte becomes "?"
+-- (core.clean_utf8: the same string back, no copy, when it is clean).
+M.clean_text = core.clean_utf8
 
 -- A new row with the request's identity filled in.
 function M.row(req, tok, endpoint)

@@ -269,7 +269,7 @@ local function relay(req, ep)
   local chain = { model }
   for _, m in ipairs(cfg.fallbacks) do if m ~= model then chain[#chain + 1] = m end end
   local attempts, last = 0, nil
-  local usage_obj, text_len, ended, answer_obj
+  local usage_obj, text_len, ended, answer_text
   for _, m in ipairs(chain) do
     local mcfg = m == model and cfg or catalog.model_config(snap, m)
     local tried = {}
@@ -328,13 +328,16 @@ local function relay(req, ep)
           res:close()
           break
         end
+        -- Only `usage` and `model` of the answer matter here: found by a scan
+        -- that also checks the answer is a JSON object, not by decoding it.
         local text, rkind, rmsg = res:read_all()
-        local obj = text and cjson.decode(text)
-        if text and type(obj) == "table" and not obj[1] then
+        local usage_json, model_json
+        if text then usage_json, model_json = json.member(text, "usage", "model") end
+        if usage_json ~= nil then
           catalog.record(ch.id, true)
           st.ttfb = now_ms() - t0
-          usage_obj, ended, answer_obj = obj.usage, "done", obj
-          if obj.model ~= nil and obj.model ~= model then
+          usage_obj, ended, answer_text = usage_json and cjson.decode(usage_json), "done", text
+          if model_json and cjson.decode(model_json) ~= model then
             text = json.set_member(text, "model", cjson.encode(model)) or text
           end
           st.answer = { status = 200, raw = true, body = text,
@@ -373,7 +376,7 @@ local function relay(req, ep)
   if not (prompt and completion) then
     row.usage_estimated = true
     prompt = est_prompt
-    completion = math.ceil((text_len or answer_text_len(answer_obj)) / 4)
+    completion = math.ceil((text_len or answer_text_len(answer_text and cjson.decode(answer_text))) / 4)
   end
   row.prompt_tokens, row.completion_tokens, row.total_tokens = prompt, completion, prompt + completion
   row.amount = (prompt * cfg.input_price + completion * cfg.output_price) / 1000

@@ -1,0 +1,249 @@
+/* JSON member lookup without decoding. See include/moongate/json_scan.h.
+ *
+ * A recursive-descent validator over the bytes: strings (escapes checked,
+ * no raw control characters), numbers in JSON's grammar, literals, nesting
+ * up to MG_JSON_MAX_DEPTH. Only the top-level object's keys are compared with
+ * the wanted names; a key written with escapes is decoded first, so
+ * "\u006dodel" is `model` as it is to any decoder. */
+#include "moongate/json_scan.h"
+
+#include <string.h>
+
+typedef struct {
+  const unsigned char *s;
+  size_t n, i;
+  const char *err;
+} scanner;
+
+static int fail(scanner *sc, const char *why) {
+  if (!sc->err) sc->err = why;
+  return -1;
+}
+
+static void skip_ws(scanner *sc) {
+  while (sc->i < sc->n) {
+    unsigned char c = sc->s[sc->i];
+    if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+    sc->i++;
+  }
+}
+
+static int hex4(const unsigned char *p, unsigned *out) {
+  unsigned v = 0;
+  for (int k = 0; k < 4; k++) {
+    unsigned char c = p[k];
+    v <<= 4;
+    if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+    else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+    else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+    else return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+/* The string that opens at sc->i: checked, sc->i moved past it; its content
+ * is [*start, *end) and *escaped says whether it holds a backslash. */
+static int scan_string(scanner *sc, size_t *start, size_t *end, int *escaped) {
+  size_t i = sc->i + 1;
+  *escaped = 0;
+  *start = i;
+  while (i < sc->n) {
+    unsigned char c = sc->s[i];
+    if (c == '"') {
+      *end = i;
+      sc->i = i + 1;
+      return 0;
+    }
+    if (c < 0x20) return fail(sc, "control character in a string");
+    if (c == '\\') {
+      *escaped = 1;
+      if (i + 1 >= sc->n) break;
+      unsigned char e = sc->s[i + 1];
+      if (e == 'u') {
+        unsigned cp;
+        if (i + 6 > sc->n || hex4(sc->s + i + 2, &cp) < 0) return fail(sc, "bad \\u escape");
+        i += 6;
+        continue;
+      }
+      if (!strchr("\"\\/bfnrt", e) || e == 0) return fail(sc, "bad escape in a string");
+      i += 2;
+      continue;
+    }
+    i++;
+  }
+  return fail(sc, "unterminated string");
+}
+
+/* Appends code point cp as UTF-8 to out (room checked by the caller). */
+static size_t put_utf8(unsigned cp, char *out) {
+  if (cp < 0x80) { out[0] = (char)cp; return 1; }
+  if (cp < 0x800) {
+    out[0] = (char)(0xC0 | cp >> 6);
+    out[1] = (char)(0x80 | (cp & 0x3F));
+    return 2;
+  }
+  if (cp < 0x10000) {
+    out[0] = (char)(0xE0 | cp >> 12);
+    out[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+    out[2] = (char)(0x80 | (cp & 0x3F));
+    return 3;
+  }
+  out[0] = (char)(0xF0 | cp >> 18);
+  out[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+  out[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+  out[3] = (char)(0x80 | (cp & 0x3F));
+  return 4;
+}
+
+/* Whether the escaped key content s[0..n) (already checked) decodes to
+ * exactly want[0..wn). */
+static int escaped_key_is(const unsigned char *s, size_t n, const char *want, size_t wn) {
+  size_t o = 0;
+  for (size_t i = 0; i < n;) {
+    char tmp[4];
+    size_t len;
+    if (s[i] != '\\') {
+      tmp[0] = (char)s[i];
+      len = 1;
+      i++;
+    } else if (s[i + 1] != 'u') {
+      static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+      tmp[0] = to[strchr(from, s[i + 1]) - from];
+      len = 1;
+      i += 2;
+    } else {
+      unsigned cp, lo;
+      hex4(s + i + 2, &cp);
+      i += 6;
+      if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 <= n && s[i] == '\\' && s[i + 1] == 'u' &&
+          hex4(s + i + 2, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF) {
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        i += 6;
+      } else if (cp >= 0xD800 && cp <= 0xDFFF) {
+        return 0;                      /* a lone surrogate names no UTF-8 key */
+      }
+      len = put_utf8(cp, tmp);
+    }
+    if (o + len > wn || memcmp(want + o, tmp, len) != 0) return 0;
+    o += len;
+  }
+  return o == wn;
+}
+
+static int scan_number(scanner *sc) {
+  const unsigned char *s = sc->s;
+  size_t i = sc->i, n = sc->n;
+  if (i < n && s[i] == '-') i++;
+  if (i < n && s[i] == '0') {
+    i++;
+  } else if (i < n && s[i] >= '1' && s[i] <= '9') {
+    while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+  } else {
+    return fail(sc, "bad number");
+  }
+  if (i < n && s[i] == '.') {
+    i++;
+    if (i >= n || s[i] < '0' || s[i] > '9') return fail(sc, "bad number");
+    while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+  }
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    i++;
+    if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+    if (i >= n || s[i] < '0' || s[i] > '9') return fail(sc, "bad number");
+    while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+  }
+  sc->i = i;
+  return 0;
+}
+
+static int scan_literal(scanner *sc, const char *word, size_t len) {
+  if (sc->n - sc->i < len || memcmp(sc->s + sc->i, word, len) != 0) return fail(sc, "bad literal");
+  sc->i += len;
+  return 0;
+}
+
+static int scan_value(scanner *sc, int depth, mg_json_member *want, int nwant);
+
+/* The object or array that opens at sc->i. `want` is non-NULL only for the
+ * top-level object, whose keys are compared. */
+static int scan_container(scanner *sc, int depth, mg_json_member *want, int nwant) {
+  if (depth > MG_JSON_MAX_DEPTH) return fail(sc, "nested too deep");
+  int object = sc->s[sc->i] == '{';
+  unsigned char close = object ? '}' : ']';
+  sc->i++;
+  skip_ws(sc);
+  if (sc->i < sc->n && sc->s[sc->i] == close) {
+    sc->i++;
+    return 0;
+  }
+  for (;;) {
+    mg_json_member *hit = NULL;
+    if (object) {
+      size_t ks, ke;
+      int escaped;
+      if (sc->i >= sc->n || sc->s[sc->i] != '"') return fail(sc, "expected a member name");
+      if (scan_string(sc, &ks, &ke, &escaped) < 0) return -1;
+      for (int k = 0; k < nwant && want; k++) {
+        if (escaped ? escaped_key_is(sc->s + ks, ke - ks, want[k].key, want[k].key_len)
+                    : (ke - ks == want[k].key_len && memcmp(sc->s + ks, want[k].key, ke - ks) == 0)) {
+          hit = &want[k];
+          break;
+        }
+      }
+      skip_ws(sc);
+      if (sc->i >= sc->n || sc->s[sc->i] != ':') return fail(sc, "expected ':'");
+      sc->i++;
+      skip_ws(sc);
+    }
+    size_t vstart = sc->i;
+    if (scan_value(sc, depth + 1, NULL, 0) < 0) return -1;
+    if (hit) {
+      hit->start = vstart;
+      hit->len = sc->i - vstart;
+    }
+    skip_ws(sc);
+    if (sc->i >= sc->n) return fail(sc, object ? "unterminated object" : "unterminated array");
+    unsigned char c = sc->s[sc->i++];
+    if (c == close) return 0;
+    if (c != ',') return fail(sc, object ? "expected ',' or '}'" : "expected ',' or ']'");
+    skip_ws(sc);
+  }
+}
+
+static int scan_value(scanner *sc, int depth, mg_json_member *want, int nwant) {
+  if (sc->i >= sc->n) return fail(sc, "expected a value");
+  unsigned char c = sc->s[sc->i];
+  size_t a, b;
+  int escaped;
+  switch (c) {
+  case '{':
+  case '[': return scan_container(sc, depth, want, nwant);
+  case '"': return scan_string(sc, &a, &b, &escaped);
+  case 't': return scan_literal(sc, "true", 4);
+  case 'f': return scan_literal(sc, "false", 5);
+  case 'n': return scan_literal(sc, "null", 4);
+  default: return scan_number(sc);
+  }
+}
+
+int mg_json_scan_members(const char *text, size_t n, mg_json_member *want, int nwant,
+                         const char **err) {
+  scanner sc = {(const unsigned char *)text, n, 0, NULL};
+  for (int k = 0; k < nwant; k++) want[k].start = want[k].len = 0;
+  skip_ws(&sc);
+  if (sc.i >= n || sc.s[sc.i] != '{') {
+    *err = "not a JSON object";
+    return -1;
+  }
+  if (scan_container(&sc, 1, want, nwant) < 0) {
+    *err = sc.err;
+    return -1;
+  }
+  skip_ws(&sc);
+  if (sc.i != n) {
+    *err = "text after the object";
+    return -1;
+  }
+  return 0;
+}
