@@ -42,6 +42,9 @@ static int hex4(const unsigned char *p, unsigned *out) {
   return 0;
 }
 
+/* Bytes that end a run of plain string content. */
+static const unsigned char string_stop[256] = {[0 ... 0x1F] = 1, ['"'] = 1, ['\\'] = 1};
+
 /* The string that opens at sc->i: checked, sc->i moved past it; its content
  * is [*start, *end) and *escaped says whether it holds a backslash. */
 static int scan_string(scanner *sc, size_t *start, size_t *end, int *escaped) {
@@ -49,6 +52,8 @@ static int scan_string(scanner *sc, size_t *start, size_t *end, int *escaped) {
   *escaped = 0;
   *start = i;
   while (i < sc->n) {
+    while (i < sc->n && !string_stop[sc->s[i]]) i++;
+    if (i >= sc->n) break;
     unsigned char c = sc->s[i];
     if (c == '"') {
       *end = i;
@@ -70,7 +75,6 @@ static int scan_string(scanner *sc, size_t *start, size_t *end, int *escaped) {
       i += 2;
       continue;
     }
-    i++;
   }
   return fail(sc, "unterminated string");
 }

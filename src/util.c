@@ -71,23 +71,27 @@ void mg_buf_printf(mg_buf *b, const char *fmt, ...) {
 void mg_buf_json_escape(mg_buf *b, const char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
   mg_buf_reserve(b, n + 8);
+  size_t plain = 0;                    /* start of the run not yet copied */
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
+    if (c >= 0x20 && c != 0x7f && c != '"' && c != '\\') continue;
+    mg_buf_append(b, s + plain, i - plain);
+    plain = i + 1;
     if (c == '"' || c == '\\') {
       char e[2] = {'\\', (char)c};
       mg_buf_append(b, e, 2);
-    } else if (c < 0x20 || c == 0x7f) {
-      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-      if (c == '\n') mg_buf_append(b, "\\n", 2);
-      else if (c == '\r') mg_buf_append(b, "\\r", 2);
-      else if (c == '\t') mg_buf_append(b, "\\t", 2);
-      else mg_buf_append(b, e, 6);
+    } else if (c == '\n') {
+      mg_buf_append(b, "\\n", 2);
+    } else if (c == '\r') {
+      mg_buf_append(b, "\\r", 2);
+    } else if (c == '\t') {
+      mg_buf_append(b, "\\t", 2);
     } else {
-      mg_buf_reserve(b, 1);
-      b->data[b->len++] = (char)c;
-      b->data[b->len] = '\0';
+      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+      mg_buf_append(b, e, 6);
     }
   }
+  mg_buf_append(b, s + plain, n - plain);
 }
 
 void mg_buf_append_uint(mg_buf *b, uint64_t v) {

@@ -337,7 +337,7 @@ local function relay(req, ep)
           catalog.record(ch.id, true)
           st.ttfb = now_ms() - t0
           usage_obj, ended, answer_text = usage_json and cjson.decode(usage_json), "done", text
-          if model_json and cjson.decode(model_json) ~= model then
+          if model_json and model_json ~= '"' .. model .. '"' and cjson.decode(model_json) ~= model then
             text = json.set_member(text, "model", cjson.encode(model)) or text
           end
           st.answer = { status = 200, raw = true, body = text,
