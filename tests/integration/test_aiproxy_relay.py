@@ -459,6 +459,44 @@ def test_rpm_limit_with_ratelimit_headers(app, mock):
     assert chat(app, token(app), m).status_code == 200
 
 
+def rpm_counter(redis, t, m):
+    """The group x model RPM counter of the current window, from Redis itself."""
+    window = int(time.time() // 60)
+    v = redis.cli("GET", "aiproxy:limit:%s:%s:%d:rpm" % (t["group"], m, window)).strip()
+    return int(v or 0)
+
+
+def test_rpm_leases_skip_redis_and_the_limit_holds_across_gateways(app, mock, env, redis, tmp_path):
+    """RPM alone is counted in leases: one Redis call grants a worker up to 64
+    requests (at most 1/64 of what is left), so a busy relay asks Redis once
+    per 64 requests -- and every lease is counted in Redis when granted, so
+    two gateways together never pass the limit."""
+    m1, m2 = uniq(), uniq()
+    for m, rpm in ((m1, 100000), (m2, 150)):
+        channel(app, mock.url(), [m])
+        ok(app.post("/api/model_config/" + m, {"rpm": rpm}))
+    second = App(str(tmp_path), env, workers=1)      # started after: it loads both models
+    try:
+        t = token(app)
+        avoid_window_edge(need=10)
+        for _ in range(20):
+            assert chat(second, t, m1).status_code == 200
+        # the first request took 1 + a lease of 64; the other 19 came out of the lease
+        assert rpm_counter(redis, t, m1) == 65
+
+        t = token(app)
+        avoid_window_edge(need=20)
+        codes = [chat(app if i % 2 else second, t, m2).status_code for i in range(160)]
+        assert set(codes) <= {200, 429}, codes
+        # never past the limit; short of it only by leases a worker still held
+        # (each at most 1/64 of what was left, so a few requests)
+        assert 150 - 6 <= codes.count(200) <= 150, codes
+        assert rpm_counter(redis, t, m2) <= 150
+        assert codes[-1] == 429
+    finally:
+        second.stop()
+
+
 def test_tpm_holds_under_20_concurrent_requests(app, mock):
     m = uniq()
     channel(app, mock.url(), [m])

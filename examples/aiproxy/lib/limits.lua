@@ -4,12 +4,24 @@
 -- requests cannot overshoot; afterwards correct() replaces the estimate by
 -- the real usage. Redis (one script call) or the shared dictionary, see
 -- lib/store.lua.
+--
+-- RPM alone (no TPM) is counted in leases: when a worker goes to Redis for
+-- a request, the script also grants it up to LEASE_MAX more requests of the
+-- window -- never more than 1/LEASE_DIVISOR of what is left -- and the
+-- worker serves that many without asking again. Every lease is counted in
+-- Redis when granted, so the limit still holds across all workers and
+-- instances; the cost is that requests leased to one worker and not used
+-- there by the window's end are lost to the others (at most 1/LEASE_DIVISOR
+-- of the remainder per worker, none once fewer than LEASE_DIVISOR remain:
+-- near the limit every request asks Redis). A busy relay then makes one
+-- Redis call per LEASE_MAX requests instead of one per request.
 local core = require "moongate.core"
 local store = require "lib.store"
 
 local M = {}
 
 local WINDOW = 60
+local LEASE_MAX, LEASE_DIVISOR = 64, 64
 
 -- Check and reserve in one step: both limits pass, or nothing is counted.
 local ACQUIRE = store.redis and store.redis.script([[
@@ -22,6 +34,33 @@ if rpm > 0 then redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], ttl) 
 if tpm > 0 then redis.call('INCRBY', KEYS[2], est); redis.call('EXPIRE', KEYS[2], ttl) end
 return { 1, '', r + 1, t + est }
 ]])
+
+-- RPM only: this request plus a lease of up to `max` more, counted at once.
+local LEASE = store.redis and store.redis.script([[
+local rpm, ttl, max, div = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local r = tonumber(redis.call('GET', KEYS[1]) or '0')
+if r + 1 > rpm then return { 0, 'rpm', r, 0, 0 } end
+local lease = math.min(max, math.floor((rpm - r - 1) / div))
+redis.call('INCRBY', KEYS[1], 1 + lease); redis.call('EXPIRE', KEYS[1], ttl)
+return { 1, '', r + 1 + lease, 0, lease }
+]])
+
+-- This worker's leases: [group .. "\0" .. model] = { window =, left = }.
+-- Bounded: emptied (leases given up) at MAX_LEASES entries.
+local leases, n_leases, MAX_LEASES = {}, 0, 10000
+
+local function add_lease(key, window, n)
+  local l = leases[key]
+  if l and l.window == window then l.left = l.left + n; return end
+  if not l then
+    if n_leases >= MAX_LEASES then leases, n_leases = {}, 0 end
+    n_leases = n_leases + 1
+  end
+  leases[key] = { window = window, left = n }
+end
+
+-- What acquire() returns when nothing is to be corrected afterwards.
+local NOTHING_RESERVED = { est = 0 }
 
 local function keys(group, model, window)
   local base = "aiproxy:limit:" .. group .. ":" .. model .. ":" .. window
@@ -49,14 +88,28 @@ end
 -- Returns a reservation (pass it to correct()), or nil, headers, which
 -- ("rpm"|"tpm") when a limit is reached, or nil, nil, "unavailable".
 function M.acquire(group, model, cfg, est)
-  if cfg.rpm <= 0 and cfg.tpm <= 0 then return { est = 0 } end
+  if cfg.rpm <= 0 and cfg.tpm <= 0 then return NOTHING_RESERVED end
   local now = core.now()
   local window = math.floor(now / WINDOW)
+  local lease_key
+  if store.redis and cfg.tpm <= 0 then
+    lease_key = group .. "\0" .. model
+    local lease = leases[lease_key]
+    if lease and lease.window == window and lease.left > 0 then
+      lease.left = lease.left - 1
+      return NOTHING_RESERVED
+    end
+  end
   local rk, tk = keys(group, model, window)
   local res, where = nil, "redis"
   if store.redis then
     local err
-    res, err = ACQUIRE:run({ rk, tk }, { cfg.rpm, cfg.tpm, est, WINDOW * 2 })
+    if lease_key then
+      res, err = LEASE:run({ rk }, { cfg.rpm, WINDOW * 2, LEASE_MAX, LEASE_DIVISOR })
+      if res and res[1] == 1 and res[5] > 0 then add_lease(lease_key, window, res[5]) end
+    else
+      res, err = ACQUIRE:run({ rk, tk }, { cfg.rpm, cfg.tpm, est, WINDOW * 2 })
+    end
     if not res then
       if not store.fault_tolerant then
         core.log("error", "aiproxy: rate limiter unavailable (Redis: " .. tostring(err) .. ")")
@@ -67,7 +120,10 @@ function M.acquire(group, model, cfg, est)
     end
   end
   if not res then res, where = acquire_local(rk, tk, cfg.rpm, cfg.tpm, est), "local" end
-  if res[1] == 1 then return { est = cfg.tpm > 0 and est or 0, tk = tk, where = where } end
+  if res[1] == 1 then
+    if cfg.tpm <= 0 then return NOTHING_RESERVED end
+    return { est = est, tk = tk, where = where }
+  end
   -- Refused: OpenAI's rate-limit headers say what is left and when it resets.
   local reset = math.max(1, math.ceil((window + 1) * WINDOW - now))
   local h = { ["Retry-After"] = reset }
