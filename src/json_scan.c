@@ -1,13 +1,18 @@
 /* JSON member lookup without decoding. See include/moongate/json_scan.h.
  *
- * A recursive-descent validator over the bytes: strings (escapes checked,
- * no raw control characters), numbers in JSON's grammar, literals, nesting
- * up to MG_JSON_MAX_DEPTH. Only the top-level object's keys are compared with
- * the wanted names; a key written with escapes is decoded first, so
- * "\u006dodel" is `model` as it is to any decoder. */
+ * A recursive-descent validator over the bytes: strings (escapes checked;
+ * raw control characters but NUL allowed), numbers as strtod reads them,
+ * literals, nesting up to MG_JSON_MAX_DEPTH. Where lua-cjson (the decoder the
+ * Lua side uses) is more lenient than RFC 8259, this scan is too: what one
+ * takes as an object, the other does (tests/lua/test_json.lua checks both
+ * ways on generated and mutated texts). Only the top-level object's keys are
+ * compared with the wanted names; a key written with escapes is decoded
+ * first, so "\u006dodel" is `model` as it is to any decoder. */
 #include "moongate/json_scan.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 typedef struct {
   const unsigned char *s;
@@ -42,8 +47,11 @@ static int hex4(const unsigned char *p, unsigned *out) {
   return 0;
 }
 
-/* Bytes that end a run of plain string content. */
-static const unsigned char string_stop[256] = {[0 ... 0x1F] = 1, ['"'] = 1, ['\\'] = 1};
+/* Bytes that end a run of plain string content. Raw control characters
+ * inside strings are let through as lua-cjson lets them through (a relay
+ * should not refuse an answer its clients' decoders take) -- except NUL,
+ * which cjson takes for the end of the text. */
+static const unsigned char string_stop[256] = {[0] = 1, ['"'] = 1, ['\\'] = 1};
 
 /* The string that opens at sc->i: checked, sc->i moved past it; its content
  * is [*start, *end) and *escaped says whether it holds a backslash. */
@@ -55,12 +63,12 @@ static int scan_string(scanner *sc, size_t *start, size_t *end, int *escaped) {
     while (i < sc->n && !string_stop[sc->s[i]]) i++;
     if (i >= sc->n) break;
     unsigned char c = sc->s[i];
+    if (c == 0) return fail(sc, "NUL in a string");
     if (c == '"') {
       *end = i;
       sc->i = i + 1;
       return 0;
     }
-    if (c < 0x20) return fail(sc, "control character in a string");
     if (c == '\\') {
       *escaped = 1;
       if (i + 1 >= sc->n) break;
@@ -135,29 +143,26 @@ static int escaped_key_is(const unsigned char *s, size_t n, const char *want, si
   return o == wn;
 }
 
+/* A number as lua-cjson reads it: whatever strtod takes from here (so also
+ * hex, inf, nan and "1." -- cjson's default decode_invalid_numbers). The
+ * token is copied out first: the text need not be NUL-terminated. */
+static int number_char(unsigned char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '+' ||
+         c == '-' || c == '.';
+}
+
 static int scan_number(scanner *sc) {
-  const unsigned char *s = sc->s;
-  size_t i = sc->i, n = sc->n;
-  if (i < n && s[i] == '-') i++;
-  if (i < n && s[i] == '0') {
-    i++;
-  } else if (i < n && s[i] >= '1' && s[i] <= '9') {
-    while (i < n && s[i] >= '0' && s[i] <= '9') i++;
-  } else {
-    return fail(sc, "bad number");
+  char buf[512];
+  size_t k = 0;
+  while (sc->i + k < sc->n && k < sizeof buf - 1 && number_char(sc->s[sc->i + k])) {
+    buf[k] = (char)sc->s[sc->i + k];
+    k++;
   }
-  if (i < n && s[i] == '.') {
-    i++;
-    if (i >= n || s[i] < '0' || s[i] > '9') return fail(sc, "bad number");
-    while (i < n && s[i] >= '0' && s[i] <= '9') i++;
-  }
-  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
-    i++;
-    if (i < n && (s[i] == '+' || s[i] == '-')) i++;
-    if (i >= n || s[i] < '0' || s[i] > '9') return fail(sc, "bad number");
-    while (i < n && s[i] >= '0' && s[i] <= '9') i++;
-  }
-  sc->i = i;
+  buf[k] = '\0';
+  char *end;
+  strtod(buf, &end);
+  if (end == buf) return fail(sc, "bad number");
+  sc->i += (size_t)(end - buf);
   return 0;
 }
 
@@ -220,15 +225,16 @@ static int scan_value(scanner *sc, int depth, mg_json_member *want, int nwant) {
   unsigned char c = sc->s[sc->i];
   size_t a, b;
   int escaped;
-  switch (c) {
-  case '{':
-  case '[': return scan_container(sc, depth, want, nwant);
-  case '"': return scan_string(sc, &a, &b, &escaped);
-  case 't': return scan_literal(sc, "true", 4);
-  case 'f': return scan_literal(sc, "false", 5);
-  case 'n': return scan_literal(sc, "null", 4);
-  default: return scan_number(sc);
-  }
+  if (c == '{' || c == '[') return scan_container(sc, depth, want, nwant);
+  if (c == '"') return scan_string(sc, &a, &b, &escaped);
+  if (c == '-' || (c >= '0' && c <= '9')) return scan_number(sc);
+  size_t left = sc->n - sc->i;
+  const char *p = (const char *)sc->s + sc->i;
+  if (left >= 4 && memcmp(p, "true", 4) == 0) return scan_literal(sc, "true", 4);
+  if (left >= 5 && memcmp(p, "false", 5) == 0) return scan_literal(sc, "false", 5);
+  if (left >= 4 && memcmp(p, "null", 4) == 0) return scan_literal(sc, "null", 4);
+  if (left >= 3 && (strncasecmp(p, "inf", 3) == 0 || strncasecmp(p, "nan", 3) == 0)) return scan_number(sc);
+  return fail(sc, "expected a value");
 }
 
 int mg_json_scan_members(const char *text, size_t n, mg_json_member *want, int nwant,

@@ -162,7 +162,7 @@ static int l_clean_utf8(lua_State *L) {
 
 /* core.json_members(text, key, ...) -> one value per key: the JSON text of
  * that top-level member (false when absent), or nil, err when text is not a
- * well-formed JSON object. See moongate/json_scan.h. */
+ * JSON object. See moongate/json_scan.h. */
 static int l_json_members(lua_State *L) {
   size_t n;
   luaL_checktype(L, 1, LUA_TSTRING);
