@@ -145,7 +145,8 @@ static int escaped_key_is(const unsigned char *s, size_t n, const char *want, si
 
 /* A number as lua-cjson reads it: whatever strtod takes from here (so also
  * hex, inf, nan and "1." -- cjson's default decode_invalid_numbers). The
- * token is copied out first: the text need not be NUL-terminated. */
+ * token is copied out first: the text need not be NUL-terminated. (A number
+ * of more than 511 characters is refused here where cjson would read it.) */
 static int number_char(unsigned char c) {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '+' ||
          c == '-' || c == '.';

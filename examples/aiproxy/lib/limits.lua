@@ -13,8 +13,9 @@
 -- instances; the cost is that requests leased to one worker and not used
 -- there by the window's end are lost to the others (at most 1/LEASE_DIVISOR
 -- of the remainder per worker, none once fewer than LEASE_DIVISOR remain:
--- near the limit every request asks Redis). A busy relay then makes one
--- Redis call per LEASE_MAX requests instead of one per request.
+-- near the limit every request asks Redis), and a lowered RPM reaches
+-- requests already leased only at the next window. A busy relay then makes
+-- one Redis call per LEASE_MAX requests instead of one per request.
 local core = require "moongate.core"
 local store = require "lib.store"
 
