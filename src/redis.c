@@ -362,7 +362,6 @@ static mg_redis *get_pool(lua_State *L, mg_coctx *cx) {
   return app->redis;
 }
 
-/* Sends `count` commands (each a table of strings) and parks. */
 /* RESP for one command, written by hand into `out`: hiredis's own
  * formatting (redisFormatSdsCommandArgv, through sdscatfmt) cost more
  * than the rest of a Redis call on the AI relay's path. */
@@ -382,6 +381,7 @@ static void format_command(mg_buf *out, int argc, const char **argv, const size_
   }
 }
 
+/* Sends `count` commands (each a table of strings) and parks. */
 static int send_commands(lua_State *L, int list_idx, int count) {
   mg_coctx *cx = mg_waitable(L, "redis");
   mg_redis *pool = get_pool(L, cx);

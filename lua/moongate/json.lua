@@ -153,11 +153,12 @@ end
 
 -- The JSON text of top-level members of an object, found without decoding
 -- it (a C scan that also checks the whole text is one JSON object, as
--- cjson.decode would take it): one result per key -- the member's value as JSON text, or false
--- when the object has no such member (of duplicates, the last, as decoders
--- keep) -- or nil, err when text is not a JSON object. For a
--- relay that needs the `usage` of a provider's answer and nothing else:
--- decoding the whole answer into tables costs several times more.
+-- cjson.decode would take it): one result per key -- the member's value as
+-- JSON text, or false when the object has no such member (of duplicates,
+-- the last, as decoders keep) -- or nil, err when text is not a JSON
+-- object. For a relay that needs the `usage` of a provider's answer and
+-- nothing else: decoding the whole answer into tables costs several times
+-- more.
 function M.member(text, ...)
   if type(text) ~= "string" or type((...)) ~= "string" then
     error("json.member(text, key, ...): expected a text and key strings", 2)
