@@ -710,9 +710,9 @@ static const char *line_value(const mg_fetch_line *l, size_t *vlen) {
   return v;
 }
 
-int mg_h1_accepts(const mg_fetch_spec *spec) {
-  h1_url u;
-  if (parse_url(spec->url, spec->url_len, &u) != 0) return 0;
+/* Whether the native client carries this request; its URL parsed into u. */
+static int accepts(const mg_fetch_spec *spec, h1_url *u) {
+  if (parse_url(spec->url, spec->url_len, u) != 0) return 0;
   for (const char *m = spec->method; *m; m++)
     if (!((*m >= 'A' && *m <= 'Z') || *m == '-' || *m == '_')) return 0;
   if (!spec->method[0] || strcmp(spec->method, "CONNECT") == 0) return 0;
@@ -788,10 +788,7 @@ static void build_head(mg_h1_exchange *x, const mg_fetch_spec *spec, const h1_ur
 int mg_h1_start(mg_fetch *f, const mg_fetch_spec *spec, char *err, size_t errlen) {
   mg_worker *w = f->w;
   h1_url u;
-  if (!w->h1pool || parse_url(spec->url, spec->url_len, &u) != 0) {
-    snprintf(err, errlen, "the native client cannot carry this URL");
-    return -1;
-  }
+  if (!w->h1pool || !accepts(spec, &u)) return MG_H1_DECLINED;
   mg_h1_pool *pool = w->h1pool;
   mg_h1_exchange *x = pool->free_x;
   if (x) {                       /* reused with its head buffer */
