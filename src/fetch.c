@@ -355,7 +355,7 @@ mg_fetch *mg_fetch_start(mg_worker *w, const mg_fetch_spec *spec, char *err, siz
     memcpy(f->req_body, spec->body, spec->body_len);
     f->req_body_len = spec->body_len;
   }
-  int rc = mg_h1_start(f, spec, err, errlen);
+  int rc = mg_h1_start(f, spec);
   if (rc == MG_H1_DECLINED) {
     rc = curl_start(f, spec);
     if (rc != 0) snprintf(err, errlen, "could not start the transfer");

@@ -785,7 +785,7 @@ static void build_head(mg_h1_exchange *x, const mg_fetch_spec *spec, const h1_ur
 
 /* ---- the engine interface (fetch.c) ------------------------------------- */
 
-int mg_h1_start(mg_fetch *f, const mg_fetch_spec *spec, char *err, size_t errlen) {
+int mg_h1_start(mg_fetch *f, const mg_fetch_spec *spec) {
   mg_worker *w = f->w;
   h1_url u;
   if (!w->h1pool || !accepts(spec, &u)) return MG_H1_DECLINED;

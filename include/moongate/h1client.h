@@ -35,12 +35,13 @@ mg_h1_pool *mg_h1_pool_new(mg_worker *w, int max_idle);
  * must have been cancelled first (mg_fetch_shutdown does). */
 void mg_h1_pool_free(mg_h1_pool *pool);
 
-/* Starts f's exchange: 0, or -1 with a message in err, or MG_H1_DECLINED
- * (nothing done) when the native client does not carry this request --
- * not an http:// URL it can parse, or something it would send differently
- * from libcurl -- and libcurl should. The URL is parsed once, here. */
+/* Starts f's exchange: 0 (a failure to connect or send is reported through
+ * f later), or MG_H1_DECLINED (nothing done) when the native client does not
+ * carry this request -- not an http:// URL it can parse, or something it
+ * would send differently from libcurl -- and libcurl should. The URL is
+ * parsed once, here. */
 #define MG_H1_DECLINED 1
-int mg_h1_start(mg_fetch *f, const mg_fetch_spec *spec, char *err, size_t errlen);
+int mg_h1_start(mg_fetch *f, const mg_fetch_spec *spec);
 /* Stops f's exchange if it still runs (its connection is closed: a
  * half-read answer cannot be reused) and frees it. */
 void mg_h1_free(mg_fetch *f);
