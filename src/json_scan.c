@@ -153,6 +153,14 @@ static int number_char(unsigned char c) {
 }
 
 static int scan_number(scanner *sc) {
+  /* The usual case first: a plain integer ends where strtod would stop. */
+  size_t j = sc->i + (sc->s[sc->i] == '-');
+  size_t digits = j;
+  while (j < sc->n && sc->s[j] >= '0' && sc->s[j] <= '9') j++;
+  if (j > digits && (j == sc->n || !number_char(sc->s[j]))) {
+    sc->i = j;
+    return 0;
+  }
   char buf[512];
   size_t k = 0;
   while (sc->i + k < sc->n && k < sizeof buf - 1 && number_char(sc->s[sc->i + k])) {

@@ -163,16 +163,13 @@ static int l_clean_utf8(lua_State *L) {
 /* core.json_members(text, key, ...) -> one value per key: the JSON text of
  * that top-level member (false when absent), or nil, err when text is not a
  * JSON object. See moongate/json_scan.h. */
-static int l_json_members(lua_State *L) {
-  size_t n;
-  luaL_checktype(L, 1, LUA_TSTRING);
-  const char *text = lua_tolstring(L, 1, &n);
-  int nwant = lua_gettop(L) - 1;
+int mg_lua_push_json_members(lua_State *L, const char *text, size_t n, int key_idx) {
+  int nwant = lua_gettop(L) - key_idx + 1;
   if (nwant < 1 || nwant > 8) return luaL_error(L, "json_members: expected 1 to 8 keys");
   mg_json_member want[8];
   for (int k = 0; k < nwant; k++) {
-    luaL_checktype(L, k + 2, LUA_TSTRING);
-    want[k].key = lua_tolstring(L, k + 2, &want[k].key_len);
+    luaL_checktype(L, key_idx + k, LUA_TSTRING);
+    want[k].key = lua_tolstring(L, key_idx + k, &want[k].key_len);
   }
   const char *err = NULL;
   if (mg_json_scan_members(text, n, want, nwant, &err) < 0) {
@@ -185,6 +182,13 @@ static int l_json_members(lua_State *L) {
     else lua_pushboolean(L, 0);
   }
   return nwant;
+}
+
+static int l_json_members(lua_State *L) {
+  size_t n;
+  luaL_checktype(L, 1, LUA_TSTRING);
+  const char *text = lua_tolstring(L, 1, &n);
+  return mg_lua_push_json_members(L, text, n, 2);
 }
 
 static int valid_token(const char *s, size_t n) {
@@ -298,7 +302,9 @@ static int l_respond(lua_State *L) {
   if (req->resp_started) luaL_error(L, "response already sent");
   int status = check_status(L, 3);
   size_t blen = 0;
-  const char *body = lua_isnoneornil(L, 5) ? "" : luaL_checklstring(L, 5, &blen);
+  const char *body = lua_isnoneornil(L, 5)                ? ""
+                     : lua_type(L, 5) == LUA_TUSERDATA   ? mg_lua_fetch_held(L, 5, &blen)
+                                                          : luaL_checklstring(L, 5, &blen);
   mg_buf *hb = &req->w->hdrbuf;
   serialize_headers(L, 4, hb, req);
   if (!lua_isnoneornil(L, 6)) relay_head(L, 6, lua_isnoneornil(L, 4) ? 0 : 4, hb, req);

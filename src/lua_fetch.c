@@ -14,17 +14,23 @@
  *   h:head()   -> status, headers | nil, kind, message | nothing (waited:
  *                 call again)
  *   h:status() -> like head() without building the headers table
+ *   h:headers() -> the headers table head() returns; also after close()
  *   h:relay_headers(keep_length) -> the response headers a proxy passes on
  *                 (hop-by-hop ones and Date left out; Content-Length only
  *                 with keep_length)
  *   h:read()   -> chunk | false (end) | nil, kind, message | nothing (waited)
  *   h:rest()   -> the whole remaining body if the transfer is complete, else nil
+ *   h:hold()   -> true once the whole answer is in, kept on the C side (no
+ *                 Lua string: a handler may answer with it, core.respond) |
+ *                 nil, kind, message | nothing (waited: call again)
+ *   h:members(key, ...) -> like core.json_members on the held answer
  *   h:info()   -> { connect_ms, first_byte_ms, total_ms, ip, reused }
  *   h:close()  -> stops the transfer
  * Error kinds: "connect", "dns", "timeout", "reset", "tls", "error". */
 #include "moongate/app.h"
 #include "moongate/fetch.h"
 #include "moongate/forward.h"
+#include "moongate/json_scan.h"
 #include "moongate/lua_api.h"
 #include "moongate/worker.h"
 
@@ -36,7 +42,9 @@
 
 #define FETCH_MT "moongate.fetch"
 
-typedef struct { mg_fetch *f; } fetch_ud;
+/* The head outlives close(): it moves here, so a caller that read the body
+ * (which closes) can still look at the headers; freed with the userdata. */
+typedef struct { mg_fetch *f; mg_buf head; } fetch_ud;
 
 mg_fetch *mg_lua_check_fetch(lua_State *L, int idx) {
   fetch_ud *u = luaL_checkudata(L, idx, FETCH_MT);
@@ -168,6 +176,7 @@ static int l_fetch(lua_State *L) {
   }
   fetch_ud *u = lua_newuserdata(L, sizeof *u);
   u->f = f;
+  u->head = (mg_buf){0};
   f->lua_owned = 1;
   luaL_getmetatable(L, FETCH_MT);
   lua_setmetatable(L, -2);
@@ -193,10 +202,10 @@ static int park(lua_State *L, mg_fetch *f, int what) {
 
 /* Pushes the response headers as { name = value } with lower-case names;
  * repeated headers are joined with ", " (set-cookie with "\n"). */
-static void push_headers_filtered(lua_State *L, mg_fetch *f, const char *conn,
+static void push_headers_filtered(lua_State *L, const mg_buf *head, const char *conn,
                                   size_t connlen, int keep_length) {
-  const char *p = f->head.data ? f->head.data : "";
-  const char *end = p + f->head.len;
+  const char *p = head->data ? head->data : "";
+  const char *end = p + head->len;
   while (p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
     if (!eol) eol = end;
@@ -229,7 +238,7 @@ static void push_headers_filtered(lua_State *L, mg_fetch *f, const char *conn,
 
 static void push_headers(lua_State *L, mg_fetch *f) {
   lua_newtable(L);
-  push_headers_filtered(L, f, NULL, 0, -1);
+  push_headers_filtered(L, &f->head, NULL, 0, -1);
 }
 
 static int l_head(lua_State *L) {
@@ -259,6 +268,14 @@ static int l_status(lua_State *L) {
   return park(L, f, MG_FETCH_WAIT_HEAD);
 }
 
+static int l_headers(lua_State *L) {
+  fetch_ud *u = luaL_checkudata(L, 1, FETCH_MT);
+  if (u->f && !u->f->head_done) luaL_error(L, "headers: the response head has not arrived");
+  lua_newtable(L);
+  push_headers_filtered(L, u->f ? &u->f->head : &u->head, NULL, 0, -1);
+  return 1;
+}
+
 static int l_relay_headers(lua_State *L) {
   mg_fetch *f = check_fetch(L);
   if (!f->head_done) luaL_error(L, "relay_headers: the response head has not arrived");
@@ -267,7 +284,7 @@ static int l_relay_headers(lua_State *L) {
   size_t connlen = 0;
   const char *conn = mg_forward_find(head, f->head.len, "connection", 10, &connlen);
   lua_newtable(L);
-  push_headers_filtered(L, f, conn, connlen, keep_length);
+  push_headers_filtered(L, &f->head, conn, connlen, keep_length);
   return 1;
 }
 
@@ -296,6 +313,37 @@ static int l_rest(lua_State *L) {
   return 1;
 }
 
+/* Holding keeps the whole answer in f->body, however long: the engine no
+ * longer pauses at max_buffer (read_all in Lua buffers it all too, as
+ * strings). Why hold: a Lua string of every answer is hashed and interned,
+ * and LuaJIT hashes a long string by a few sampled bytes only -- answers
+ * of one length that differ elsewhere (an id, a timestamp) all land in one
+ * hash chain and every new one is compared with the others. */
+static int l_hold(lua_State *L) {
+  mg_fetch *f = check_fetch(L);
+  if (f->done) {
+    if (f->error) return push_failure(L, f);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  f->max_buffer = (size_t)-1;
+  mg_fetch_consumed(f);              /* a paused transfer goes on */
+  return park(L, f, MG_FETCH_WAIT_DONE);
+}
+
+const char *mg_lua_fetch_held(lua_State *L, int idx, size_t *len) {
+  mg_fetch *f = mg_lua_check_fetch(L, idx);
+  if (!f->done || f->error) luaL_error(L, "the fetched answer is not complete (hold() it first)");
+  *len = f->body.len - f->body_off;
+  return f->body.data ? f->body.data + f->body_off : "";
+}
+
+static int l_members(lua_State *L) {
+  size_t n;
+  const char *text = mg_lua_fetch_held(L, 1, &n);
+  return mg_lua_push_json_members(L, text, n, 2);
+}
+
 static int l_info(lua_State *L) {
   mg_fetch *f = check_fetch(L);
   mg_fetch_info info;
@@ -319,9 +367,20 @@ static int l_close(lua_State *L) {
   if (u->f) {
     mg_fetch *f = u->f;
     u->f = NULL;
+    if (f->head_done) {                /* kept for headers() */
+      u->head = f->head;
+      f->head = (mg_buf){0};
+    }
     f->lua_owned = 0;
     mg_fetch_cancel(f);
   }
+  return 0;
+}
+
+static int l_gc(lua_State *L) {
+  l_close(L);
+  fetch_ud *u = lua_touserdata(L, 1);
+  mg_buf_free(&u->head);
   return 0;
 }
 
@@ -329,12 +388,13 @@ void mg_lua_open_fetch(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"head", l_head}, {"status", l_status}, {"relay_headers", l_relay_headers},
     {"read", l_read}, {"rest", l_rest}, {"info", l_info},
+    {"hold", l_hold}, {"members", l_members}, {"headers", l_headers},
     {"close", l_close}, {NULL, NULL}};
   luaL_newmetatable(L, FETCH_MT);
   lua_newtable(L);
   luaL_register(L, NULL, methods);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, l_close);
+  lua_pushcfunction(L, l_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
   lua_pushcfunction(L, l_fetch);

@@ -26,7 +26,7 @@ typedef struct mg_worker mg_worker;
 typedef struct mg_coctx mg_coctx;
 struct mg_h1_exchange;
 
-enum { MG_FETCH_WAIT_NONE, MG_FETCH_WAIT_HEAD, MG_FETCH_WAIT_BODY };
+enum { MG_FETCH_WAIT_NONE, MG_FETCH_WAIT_HEAD, MG_FETCH_WAIT_BODY, MG_FETCH_WAIT_DONE };
 
 /* What to send: built by lua_fetch.c from the Lua options. Strings are only
  * borrowed for the duration of mg_fetch_start (engines copy them). */

@@ -5,6 +5,8 @@
 #ifndef MG_LUA_API_H
 #define MG_LUA_API_H
 
+#include <stddef.h>
+
 struct lua_State;
 
 int mg_luaopen_core(struct lua_State *L);
@@ -12,6 +14,11 @@ int mg_luaopen_core(struct lua_State *L);
 void mg_lua_open_fetch(struct lua_State *L);
 /* The transfer behind a fetch handle at idx (raises if it is not one). */
 struct mg_fetch *mg_lua_check_fetch(struct lua_State *L, int idx);
+/* The whole answer a fetch handle at idx holds (h:hold() returned true);
+ * raises if it is not complete. */
+const char *mg_lua_fetch_held(struct lua_State *L, int idx, size_t *len);
+/* core.json_members' results for `text`, the keys at key_idx..top. */
+int mg_lua_push_json_members(struct lua_State *L, const char *text, size_t n, int key_idx);
 /* Adds core.shdict and the shared dictionary type (lua_shdict.c). */
 void mg_lua_open_shdict(struct lua_State *L);
 /* Creates a Lua state with the standard libraries, cjson and moongate.core

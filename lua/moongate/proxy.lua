@@ -13,6 +13,14 @@
 --     (kind "closed": the client went away; the upstream transfer is stopped)
 --   or res:read_all() -> the rest | nil, kind, message; and res:close() when
 --   done with it (also closes a half-read answer).
+--   res:json_member(key, ...) waits for the whole answer and keeps it on the
+--     C side: the JSON texts of its top-level members, like json.member
+--     (false: absent) | nil, kind, message (nil, "invalid", message: not a
+--     JSON object). The handler may then answer with the response itself as
+--     the body -- return 200, res, headers -- and it is sent from C, never
+--     made a Lua string (LuaJIT interns every string; long answers of one
+--     length that differ only in bytes its hash does not sample, like an id,
+--     fall into one hash chain and make every new one slower to intern).
 --
 -- req:proxy(name, opts) forwards the current request and relays the answer:
 --   opts: path, query, method, headers (set/override), body, key (for
@@ -80,8 +88,17 @@ local function resolve(target)
   error(string.format("unknown upstream %q (not in the config's upstreams, not a URL)", tostring(target)), 3)
 end
 
+-- A streamed answer's headers become a table only when read (most callers
+-- never do): the C handle keeps the head, even after close().
 local Response = {}
-Response.__index = Response
+Response.__index = function(res, k)
+  local m = Response[k]
+  if m ~= nil or k ~= "headers" then return m end
+  local h = rawget(res, "_hh")
+  local t = h and h:headers() or {}
+  rawset(res, "headers", t)
+  return t
+end
 function Response:json()
   if self._json == nil then self._json = cjson.decode(self.body) end
   return self._json
@@ -105,6 +122,27 @@ function Response:read_all()
   return data, kind, msg
 end
 
+-- Waits until the whole answer is in, kept on the C side: true | nil, kind, message.
+function Response:hold()
+  local h = self._h
+  if not h then error("the fetched answer was already read or closed", 2) end
+  local ok, kind, msg = h:hold()
+  while ok == nil and kind == nil do ok, kind, msg = h:hold() end
+  if not ok then self:close() end
+  return ok, kind, msg
+end
+
+local function members_or_invalid(v, ...)
+  if v == nil then return nil, "invalid", (...) end
+  return v, ...
+end
+
+function Response:json_member(...)
+  local ok, kind, msg = self:hold()
+  if not ok then return nil, kind, msg end
+  return members_or_invalid(self._h:members(...))
+end
+
 function Response:close()
   local h = self._h
   if not h then return end
@@ -112,6 +150,8 @@ function Response:close()
   h:close()
   if self._up then self._up:done(self._t) end
 end
+
+M.Response = Response
 
 function methods.fetch(r, target, opts)
   opts = opts or {}
@@ -137,7 +177,7 @@ function methods.fetch(r, target, opts)
   if up then
     h, t, status, rh = up:request({ method = method, path_and_query = pq, headers = headers,
                                     body = body, key = opts.key, timeout = timeout,
-                                    request_id = r.id })
+                                    request_id = r.id, status_only = opts.stream })
     if not h then return nil, t, status end          -- nil, kind, message
   else
     local kind, msg
@@ -145,12 +185,12 @@ function methods.fetch(r, target, opts)
                                 timeout = timeout or 60000,
                                 connect_timeout = opts.connect_timeout and opts.connect_timeout * 1000 })
     if not h then return nil, kind, msg end
-    status, kind, msg = upstream.wait_head(h)
+    if opts.stream then status, kind, msg = upstream.wait_status(h) else status, kind, msg = upstream.wait_head(h) end
     if not status then h:close() return nil, kind, msg end
     rh = kind
   end
   if opts.stream then
-    return setmetatable({ status = status, headers = rh, _h = h, _up = up, _t = t }, Response)
+    return setmetatable({ status = status, _h = h, _hh = h, _up = up, _t = t }, Response)
   end
   local data, kind, msg = upstream.read_all(h)
   h:close()

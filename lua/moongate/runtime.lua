@@ -19,6 +19,7 @@ local config = require "moongate.config"
 local request = require "moongate.request"
 local apply_response_headers = request.apply_response_headers
 local proxy = require "moongate.proxy"
+local upstream = require "moongate.upstream"
 
 local M = {}
 
@@ -87,11 +88,25 @@ local function has_content_type(headers)
   return false
 end
 
+local Fetched = proxy.Response
+
 local function send(req, res)
   req._res = res
   run_response_phase(req, res)
   local body = res.body
   if body == nil and res.error then body = { message = res.error } end
+  if type(body) == "table" and getmetatable(body) == Fetched then
+    -- A fetched answer, held whole on the C side (run() made sure): sent
+    -- from there.
+    local headers = res.headers
+    apply_response_headers(req, headers)
+    if not has_content_type(headers) then
+      headers["Content-Type"] = body.headers["content-type"] or "application/octet-stream"
+    end
+    respond(req._cx, req._sn, res.status, headers, body._h)
+    body:close()
+    return
+  end
   local upstream = rawget(res, "_upstream")
   if upstream and rawget(res, "headers") == nil then
     -- Nobody looked at the proxied answer's headers: relayed from C as they came
@@ -143,7 +158,17 @@ local function run(req, route, status, allow)
     return
   end
   if st == nil then error("the handler returned no status and did not stream", 0) end
-  return send(req, make_res(st, body, headers, "the handler"))
+  res = make_res(st, body, headers, "the handler")
+  local fetched = res.body
+  if type(fetched) == "table" and getmetatable(fetched) == Fetched then
+    -- Answering with a fetched response: all of it first. If it broke off,
+    -- the client gets the failure's status (502/504) instead.
+    local ok, kind, msg = fetched:hold()
+    if not ok then
+      res = make_res(upstream.status_of_failure(kind), upstream.messages[kind] or msg, nil, "the handler")
+    end
+  end
+  return send(req, res)
 end
 
 local function log_phase(req)

@@ -240,6 +240,7 @@ end
 
 M.read_chunk = read_chunk
 M.wait_head = wait_head
+M.wait_status = wait_status
 
 -- Reads a whole body; nil, kind, msg if the transfer broke off.
 local function read_all(h)

@@ -440,3 +440,78 @@ return {
     assert requests.get(g.url("/v1/x")).json() == {"via": "localhost"}
     assert requests.get(g.url("/refused")).json() == {"kind": "connect"}
     assert requests.get(g.url("/dns")).json()["kind"] in ("dns", "timeout")
+
+
+HELD_CONFIG = """
+return {
+  listen = "127.0.0.1:8080",
+  routes = {
+    { "GET", "/members/*", function(req)
+        local res, kind = req:fetch("%s" .. req.path, { stream = true })
+        if not res then return 502, kind end
+        local usage, model, msg = res:json_member("usage", "model")
+        if usage == nil then return 200, { failed = model, message = msg } end
+        -- the answer itself goes back, from the C side
+        return 200, res, { ["X-Usage"] = tostring(usage), ["X-Model"] = tostring(model) }
+      end },
+    { "GET", "/whole/*", function(req)
+        local res = req:fetch("%s" .. req.path, { stream = true })
+        return 200, res          -- not held first: the runtime waits for all of it
+      end },
+    { "GET", "/headers/*", function(req)
+        local res = req:fetch("%s" .. req.path, { stream = true })
+        local text = res:read_all()       -- closes it; the headers stay readable
+        return 200, { ctype = res.headers["content-type"], extra = res.headers["x-extra"], len = #text }
+      end },
+  },
+}
+"""
+
+
+def test_a_held_answer_is_scanned_and_sent_from_the_c_side(gateway, scripted):
+    """res:json_member() keeps the answer on the C side: its members come
+    back as JSON texts and the handler answers with the response itself --
+    byte for byte, with the upstream's Content-Type unless it sets one."""
+    big = b'{"data":"' + b"x" * 600000 + b'","usage":{"total_tokens":7}}'   # over the 256k read-ahead
+
+    def respond(conn, n, path):
+        if path == "/members/ok":
+            return [ok(b'{"id":"a","usage":{"prompt_tokens":1}, "model":"m1"}')]
+        if path == "/members/big":
+            return [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                    % len(big), big[:1000], 0.2, big[1000:]]
+        if path == "/members/chunked":
+            return [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"5\r\n{\"a\":\r\n3\r\n[1]\r\n1\r\n}\r\n0\r\n\r\n"]
+        if path == "/members/text":
+            return [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"]
+        if path in ("/members/cut", "/whole/cut"):
+            return [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":", "close"]
+        if path == "/whole/text":
+            return [b"HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nContent-Length: 4\r\n\r\na,b\n"]
+        return [ok(extra=b"X-Extra: 1\r\n")]
+
+    up = scripted(respond)
+    g = gateway(HELD_CONFIG % (up.url, up.url, up.url), workers=1)
+    r = requests.get(g.url("/members/ok"))
+    assert r.status_code == 200 and r.content == b'{"id":"a","usage":{"prompt_tokens":1}, "model":"m1"}'
+    assert r.headers["X-Usage"] == '{"prompt_tokens":1}' and r.headers["X-Model"] == '"m1"'
+    assert r.headers["Content-Type"] == "application/json"
+    r = requests.get(g.url("/members/big"))
+    assert r.status_code == 200 and r.content == big and r.headers["X-Usage"] == '{"total_tokens":7}'
+    assert r.headers["X-Model"] == "false"                       # absent
+    r = requests.get(g.url("/members/chunked"))
+    assert r.content == b'{"a":[1]}' and r.headers["X-Usage"] == "false"
+    # not a JSON object: nil, "invalid", message
+    assert requests.get(g.url("/members/text")).json() == {"failed": "invalid", "message": "not a JSON object"}
+    # broke off mid-body: nil, kind, message
+    got = requests.get(g.url("/members/cut")).json()
+    assert got["failed"] == "reset", got
+    # a fetched answer returned unread: awaited whole, or the failure's status
+    r = requests.get(g.url("/whole/text"))
+    assert r.status_code == 200 and r.content == b"a,b\n" and r.headers["Content-Type"] == "text/csv"
+    r = requests.get(g.url("/whole/cut"))
+    assert r.status_code == 502 and r.json() == {"message": "upstream closed the connection"}
+    assert requests.get(g.url("/members/ok")).status_code == 200     # the worker is fine
+    # a streamed answer's headers are built when read, also after close()
+    assert requests.get(g.url("/headers/x")).json() == {"ctype": "application/json", "extra": "1", "len": 11}

@@ -188,6 +188,13 @@ local function relay_sse(req, res, st)
   return usage_seen, text_len, "done"
 end
 
+-- A non-streamed answer as text: it was held on the C side until now.
+local function answer_text(st)
+  local a = st.answer
+  if type(a.body) ~= "string" then a.body = a.body:read_all() or "" end
+  return a.body
+end
+
 -- The request's log row is finished and queued (one per relayed request).
 -- These helpers take the request's state table `st` rather than being
 -- closures: a closure made per request keeps LuaJIT from compiling the relay.
@@ -269,7 +276,7 @@ local function relay(req, ep)
   local chain = { model }
   for _, m in ipairs(cfg.fallbacks) do if m ~= model then chain[#chain + 1] = m end end
   local attempts, last = 0, nil
-  local usage_obj, text_len, ended, answer_text
+  local usage_obj, text_len, ended
   for _, m in ipairs(chain) do
     local mcfg = m == model and cfg or catalog.model_config(snap, m)
     local tried = {}
@@ -320,9 +327,8 @@ local function relay(req, ep)
         core.log("warn", string.format("aiproxy: channel %d (%s) answered %d for %s: %s",
                                        ch.id, ch.name, s, m, message))
       else
-        local ctype = res.headers["content-type"] or ""
         row.retries = attempts - 1
-        if stream and ctype:find("text/event-stream", 1, true) then
+        if stream and (res.headers["content-type"] or ""):find("text/event-stream", 1, true) then
           catalog.record(ch.id, true)
           usage_obj, text_len, ended = relay_sse(req, res, st)
           res:close()
@@ -330,25 +336,27 @@ local function relay(req, ep)
         end
         -- Only `usage` and `model` of the answer matter here: found by a scan
         -- that also checks the answer is a JSON object, not by decoding it.
-        local text, rkind, rmsg = res:read_all()
-        local usage_json, model_json
-        if text then usage_json, model_json = json.member(text, "usage", "model") end
+        -- The answer stays on the C side and goes to the client from there.
+        local usage_json, model_json, rmsg = res:json_member("usage", "model")
         if usage_json ~= nil then
           catalog.record(ch.id, true)
           st.ttfb = now_ms() - t0
-          usage_obj, ended, answer_text = usage_json and cjson.decode(usage_json), "done", text
-          if model_json and model_json ~= '"' .. model .. '"' and cjson.decode(model_json) ~= model then
-            text = json.set_member(text, "model", cjson.encode(model)) or text
-          end
-          st.answer = { status = 200, raw = true, body = text,
+          usage_obj, ended = usage_json and cjson.decode(usage_json), "done"
+          st.answer = { status = 200, raw = true, body = res,
                         headers = { ["Content-Type"] = "application/json" } }
+          if model_json and model_json ~= '"' .. model .. '"' and cjson.decode(model_json) ~= model then
+            local text = answer_text(st)
+            st.answer.body = json.set_member(text, "model", cjson.encode(model)) or text
+          end
           break
         end
+        local rkind = model_json
         if rkind == "closed" then return client_left(st, reservation) end
+        res:close()
         catalog.record(ch.id, false)
         last = { status = 502, code = "upstream_invalid_response",
-                 message = text and "invalid response from the upstream (not a JSON object)"
-                              or ("upstream broke off: " .. tostring(rkind) .. " " .. tostring(rmsg)) }
+                 message = rkind == "invalid" and "invalid response from the upstream (not a JSON object)"
+                           or ("upstream broke off: " .. tostring(rkind) .. " " .. tostring(rmsg)) }
       end
     end
     if ended then break end
@@ -376,7 +384,7 @@ local function relay(req, ep)
   if not (prompt and completion) then
     row.usage_estimated = true
     prompt = est_prompt
-    completion = math.ceil((text_len or answer_text_len(answer_text and cjson.decode(answer_text))) / 4)
+    completion = math.ceil((text_len or answer_text_len(st.answer and cjson.decode(answer_text(st)))) / 4)
   end
   row.prompt_tokens, row.completion_tokens, row.total_tokens = prompt, completion, prompt + completion
   row.amount = (prompt * cfg.input_price + completion * cfg.output_price) / 1000
