@@ -347,6 +347,10 @@ proc_ticks() {   # "relay mock redis postgres nginx-s3 upstream" ticks, in that 
     for n in $COMPONENTS; do args+=("$n=${PID[$n]}"); done
     "$PY" "$HERE/relay/ticks.py" "${args[@]}" | tr ' ' '\n' | cut -d= -f2 | tr '\n' ' '
 }
+sys_ticks() {    # "relay nginx-s3" kernel (stime) ticks: where the gateways' CPU goes
+    "$PY" "$HERE/relay/ticks.py" "relay-sys=${PID[relay]}" "nginx-s3-sys=${PID[nginx-s3]}" |
+        tr ' ' '\n' | cut -d= -f2 | tr '\n' ' '
+}
 tcp_counters() {   # the machine's TCP "ActiveOpens RetransSegs" (connect() calls, retransmitted segments), /proc/net/snmp
     awk '$1 == "Tcp:" { if (seen) print $6, $13; seen = 1 }' /proc/net/snmp
 }
@@ -400,20 +404,21 @@ bench() {   # bench REP CELL -> appends one line to load.tsv
         attempt=$((attempt+1))
         quiet_gate
         pg_share                       # backends the warm-up opened, too
-        sa=$(proc_ticks); oa=$(tcp_counters); times >tmp/times.a; a=$(cpu_snap)
+        sa=$(proc_ticks); ka=$(sys_ticks); oa=$(tcp_counters); times >tmp/times.a; a=$(cpu_snap)
         wrk_run "$cell" "$DURATION" "raw/$tag.try$attempt.txt"
-        b=$(cpu_snap); times >tmp/times.b; ob=$(tcp_counters); sb=$(proc_ticks)
+        b=$(cpu_snap); times >tmp/times.b; ob=$(tcp_counters); kb=$(sys_ticks); sb=$(proc_ticks)
         wrk_count "$cell" "raw/$tag.try$attempt.txt"; parsed=$PARSED
         wa=$(times_ticks tmp/times.a); wb=$(times_ticks tmp/times.b)
         # load.tsv: rep cell port rps p50 p99 total non2xx sockerr cpu0% cpu1% cpu1_ticks
         #           relay mock redis postgres nginx-s3 upstream (ticks) foreign% tries new_connections retransmits steal%
+        #           relay_sys nginx-s3_sys (kernel ticks of the two gateways)
         # new_connections: the machine's TCP active opens during the run minus wrk's CONNS,
         # i.e. the connections the gateway opened to its upstream (or anyone else did);
         # retransmits: the machine's retransmitted TCP segments during the run (a SYN
         # retransmitted after 1 s shows up as a ~1 s latency outlier).
         row=$(awk -v rep="$rep" -v cell="$cell" -v port="${CELL_PORT[$cell]}" -v att="$attempt" \
             -v opens="$(( ${ob% *} - ${oa% *} - CONNS ))" -v retrans="$(( ${ob#* } - ${oa#* } ))" \
-            -v p="$parsed" -v a="$a" -v b="$b" -v sa="$sa" -v sb="$sb" -v wrk="$((wb-wa))" 'BEGIN {
+            -v p="$parsed" -v a="$a" -v b="$b" -v sa="$sa" -v sb="$sb" -v ka="$ka" -v kb="$kb" -v wrk="$((wb-wa))" 'BEGIN {
                 split(p, w, "\t"); split(a, x, " "); split(b, y, " ");
                 n = split(sa, s0, " "); split(sb, s1, " ");
                 srv = 0; d = "";
@@ -421,9 +426,10 @@ bench() {   # bench REP CELL -> appends one line to load.tsv
                 el = y[3]-x[3];
                 c0 = 100 * (y[2]-x[2]) / el; c1 = 100 * (y[5]-x[5]) / (y[6]-x[6]);
                 fo = 100 * ((y[1]-x[1]) + (y[4]-x[4]) - srv - wrk) / el; if (fo < 0) fo = 0;
-                printf "%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%d%s\t%.1f\t%d\t%d\t%d\t%.1f\n",
+                split(ka, k0, " "); split(kb, k1, " ");
+                printf "%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%d%s\t%.1f\t%d\t%d\t%d\t%.1f\t%d\t%d\n",
                        fo, rep, cell, port, w[1], w[2], w[3], w[4], w[5], w[6], c0, c1, y[5]-x[5], d, fo, att, opens, retrans,
-                       100 * (y[7]-x[7]) / el }')
+                       100 * (y[7]-x[7]) / el, k1[1]-k0[1], k1[2]-k0[2] }')
         foreign=${row%%$'\t'*}
         row=${row#*$'\t'}
         if awk -v f="$foreign" -v m="$FOREIGN_MAX" 'BEGIN{exit !(f > m)}' && [ "$attempt" -le "$RETRIES" ]; then

@@ -2,15 +2,18 @@
 """Tables for bench/run-relay.sh from its load.tsv (one line per measured wrk run).
 Usage: report.py summary HZ load.tsv | report.py all HZ load.tsv | report.py line HZ < one-row
 Columns of load.tsv: rep cell port rps p50 p99 total non2xx sockerr cpu0 cpu1 cpu1_ticks
-relay mock redis postgres nginx-s3 upstream foreign tries opens retrans steal; the six process columns are
+relay mock redis postgres nginx-s3 upstream foreign tries opens retrans steal relay_sys nginx-s3_sys; the six
+process columns are
 CPU ticks (utime+stime, USER_HZ) of that process tree during the run; opens = TCP connections
 opened on the machine during the run, wrk's own excluded; retrans = TCP segments retransmitted
-on the machine during the run; steal = steal time on both cores, % of one core."""
+on the machine during the run; steal = steal time on both cores, % of one core; relay_sys and
+nginx-s3_sys: the kernel's share (stime ticks) of the two gateways."""
 import statistics
 import sys
 
 COLS = ["rep", "cell", "port", "rps", "p50", "p99", "total", "non2xx", "sockerr", "cpu0", "cpu1",
-        "cpu1_ticks", "relay", "mock", "redis", "postgres", "nginx-s3", "upstream", "foreign", "tries", "opens", "retrans", "steal"]
+        "cpu1_ticks", "relay", "mock", "redis", "postgres", "nginx-s3", "upstream", "foreign", "tries", "opens", "retrans", "steal",
+        "relay_sys", "nginx-s3_sys"]
 PROCS = ["relay", "mock", "redis", "postgres", "nginx-s3", "upstream"]
 # cell -> (what it is, its gateway process, its upstream process)
 CELLS = {
@@ -24,12 +27,13 @@ CELLS = {
 def parse(line, hz):
     r = dict(zip(COLS, line.rstrip("\n").split("\t")))
     for k in COLS[3:]:
-        r[k] = float(r[k])
+        r[k] = float(r.get(k, 0))
     r["rep"] = int(r["rep"])
     n = r["total"] if r["total"] > 0 else 1.0
     us = lambda ticks: ticks / hz * 1e6 / n
     _, gw, up = CELLS[r["cell"]]
     r["gw_us"] = us(r[gw]) if gw else None
+    r["gw_sys_us"] = us(r.get(gw + "_sys", 0.0)) if gw else None
     r["up_us"] = us(r[up])
     r["redis_us"] = us(r["redis"])
     r["pg_us"] = us(r["postgres"])
@@ -106,6 +110,11 @@ def summary(rows):
                    "Target ≤ +5 µs: %s." % (rg, ng, rg - ng, ", ".join("%+.1f" % d for d in diffs), verdict))
         # The two cells of a repetition run back to back: their ratio survives the machine's
         # speed drifting between repetitions better than the difference of medians does.
+        # Where the difference is: user space or the kernel (stime).
+        split = lambda rs: (med([r["gw_us"] - r["gw_sys_us"] for r in rs]), med([r["gw_sys_us"] for r in rs]))
+        (ru, rk), (nu, nk) = split(g["relay"]), split(g["nginx-s3"])
+        out.append("- gateway user / kernel µs/req (medians): relay %.1f / %.1f, nginx S3 %.1f / %.1f "
+                   "(difference %+.1f in user space, %+.1f in the kernel)" % (ru, rk, nu, nk, ru - nu, rk - nk))
         ratios = [d["relay"] / d["nginx-s3"] for d in pairs if d["nginx-s3"]]
         if ratios:
             out.append("- relay / nginx S3 per repetition: %s (median %.2f)" % (

@@ -3,7 +3,8 @@
 Usage: ticks.py NAME=PID [NAME=PID ...]
 Prints one line "NAME=TICKS NAME=TICKS ...": utime+stime (USER_HZ ticks, all
 threads) of every live process in the tree rooted at PID (PID and its
-descendants), read from /proc/<pid>/stat. A PID of 0 or "-" gives 0."""
+descendants), read from /proc/<pid>/stat. A PID of 0 or "-" gives 0. A NAME
+ending in "-sys" counts stime alone (the kernel's share)."""
 import os
 import sys
 
@@ -33,13 +34,13 @@ def tree(root, children):
     return seen
 
 
-def ticks(pids):
+def ticks(pids, sys_only=False):
     total = 0
     for p in pids:
         try:
             with open("/proc/%d/stat" % p) as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            total += (0 if sys_only else int(fields[11])) + int(fields[12])  # utime, stime
         except (OSError, IndexError, ValueError):
             pass
     return total
@@ -52,7 +53,7 @@ def main(args):
         name, _, pid = a.partition("=")
         n = 0
         if pid.isdigit() and int(pid) > 0:
-            n = ticks(tree(int(pid), children))
+            n = ticks(tree(int(pid), children), name.endswith("-sys"))
         out.append("%s=%d" % (name, n))
     print(" ".join(out))
 
