@@ -341,7 +341,7 @@ local function relay(req, ep)
         if usage_json ~= nil then
           catalog.record(ch.id, true)
           st.ttfb = now_ms() - t0
-          usage_obj, ended = usage_json and cjson.decode(usage_json), "done"
+          usage_obj, ended = usage_json, "done"
           st.answer = { status = 200, raw = true, body = res,
                         headers = { ["Content-Type"] = "application/json" } }
           if model_json and model_json ~= '"' .. model .. '"' and cjson.decode(model_json) ~= model then
@@ -377,9 +377,15 @@ local function relay(req, ep)
 
   -- Usage and spending.
   local prompt, completion
-  if type(usage_obj) == "table" then
+  if type(usage_obj) == "table" then                 -- from a stream's decoded chunk
     prompt = token_count(usage_obj.prompt_tokens)
     completion = usage_obj.completion_tokens == nil and 0 or token_count(usage_obj.completion_tokens)
+  elseif usage_obj then                               -- an answer's `usage`, as JSON text
+    local p, c = json.member(usage_obj, "prompt_tokens", "completion_tokens")
+    if p ~= nil then
+      prompt = token_count(tonumber(p))
+      completion = c == false and 0 or token_count(tonumber(c))
+    end
   end
   if not (prompt and completion) then
     row.usage_estimated = true
