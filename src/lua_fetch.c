@@ -30,7 +30,6 @@
 #include "moongate/app.h"
 #include "moongate/fetch.h"
 #include "moongate/forward.h"
-#include "moongate/json_scan.h"
 #include "moongate/lua_api.h"
 #include "moongate/worker.h"
 

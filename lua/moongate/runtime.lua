@@ -19,7 +19,8 @@ local config = require "moongate.config"
 local request = require "moongate.request"
 local apply_response_headers = request.apply_response_headers
 local proxy = require "moongate.proxy"
-local upstream = require "moongate.upstream"
+local status_of_failure = require("moongate.upstream").status_of_failure
+local failure_messages = require("moongate.upstream").messages
 
 local M = {}
 
@@ -165,7 +166,7 @@ local function run(req, route, status, allow)
     -- the client gets the failure's status (502/504) instead.
     local ok, kind, msg = fetched:hold()
     if not ok then
-      res = make_res(upstream.status_of_failure(kind), upstream.messages[kind] or msg, nil, "the handler")
+      res = make_res(status_of_failure(kind), failure_messages[kind] or msg, nil, "the handler")
     end
   end
   return send(req, res)
