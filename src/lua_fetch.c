@@ -20,6 +20,7 @@
  *                 with keep_length)
  *   h:read()   -> chunk | false (end) | nil, kind, message | nothing (waited)
  *   h:rest()   -> the whole remaining body if the transfer is complete, else nil
+ *   h:complete() -> whether the whole answer is in (without taking it)
  *   h:hold()   -> true once the whole answer is in, kept on the C side (no
  *                 Lua string: a handler may answer with it, core.respond) |
  *                 nil, kind, message | nothing (waited: call again)
@@ -343,6 +344,12 @@ static int l_members(lua_State *L) {
   return mg_lua_push_json_members(L, text, n, 2);
 }
 
+static int l_complete(lua_State *L) {
+  mg_fetch *f = check_fetch(L);
+  lua_pushboolean(L, f->done && !f->error);
+  return 1;
+}
+
 static int l_info(lua_State *L) {
   mg_fetch *f = check_fetch(L);
   mg_fetch_info info;
@@ -388,6 +395,7 @@ void mg_lua_open_fetch(lua_State *L) {
     {"head", l_head}, {"status", l_status}, {"relay_headers", l_relay_headers},
     {"read", l_read}, {"rest", l_rest}, {"info", l_info},
     {"hold", l_hold}, {"members", l_members}, {"headers", l_headers},
+    {"complete", l_complete},
     {"close", l_close}, {NULL, NULL}};
   luaL_newmetatable(L, FETCH_MT);
   lua_newtable(L);

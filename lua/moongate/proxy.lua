@@ -218,14 +218,27 @@ end
 
 -- A proxied answer: its headers stay in the C handle and are relayed as they
 -- are, unless Lua looks at res.headers -- then they become a table (minus
--- hop-by-hop ones) that response policies may change like any other.
+-- hop-by-hop ones) that response policies may change like any other. A
+-- complete small answer's body stays there too (_held) and is sent from C,
+-- unless Lua reads res.body (then it is a string) or sets it.
 local UpstreamAnswer = {
   __index = function(res, k)
-    if k ~= "headers" then return nil end
     local h = rawget(res, "_upstream")
-    local t = h and h:relay_headers(rawget(res, "_keep_length")) or {}
-    rawset(res, "headers", t)
-    return t
+    if k == "headers" then
+      local t = h and h:relay_headers(rawget(res, "_keep_length")) or {}
+      rawset(res, "headers", t)
+      return t
+    end
+    if k == "body" and rawget(res, "_held") then
+      local b = h and h:rest() or ""
+      rawset(res, "_held", nil)
+      rawset(res, "body", b)
+      return b
+    end
+  end,
+  __newindex = function(res, k, v)
+    if k == "body" then rawset(res, "_held", nil) end
+    rawset(res, k, v)
   end,
 }
 
@@ -274,14 +287,13 @@ function methods.proxy(r, name, opts)
   end
 
   -- The answer: a HEAD answer keeps the upstream's Content-Length. The
-  -- handle stays open until the runtime has sent the head (it closes it).
+  -- handle stays open until the request is over (the runtime closes it).
   local res = setmetatable({ status = status, raw = true, _upstream = h,
                              _keep_length = r.method == "HEAD" }, UpstreamAnswer)
   local on_chunk = opts.on_chunk
-  local whole = not on_chunk and h:rest()
-  if whole then
+  if not on_chunk and h:complete() then
     up:done(t)
-    res.body = whole
+    rawset(res, "_held", true)
     return res
   end
   local ok, err = pcall(relay, r, up, t, h, res, on_chunk)

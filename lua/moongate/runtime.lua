@@ -94,7 +94,7 @@ local Fetched = proxy.Response
 local function send(req, res)
   req._res = res
   run_response_phase(req, res)
-  local body = res.body
+  local body = rawget(res, "body")        -- a held proxied body stays in C (below)
   if body == nil and res.error then body = { message = res.error } end
   if type(body) == "table" and getmetatable(body) == Fetched then
     -- A fetched answer, held whole on the C side (run() made sure): sent
@@ -108,7 +108,9 @@ local function send(req, res)
     body:close()
     return
   end
+  -- A proxied answer's handle is closed after the log phase (serve).
   local upstream = rawget(res, "_upstream")
+  if upstream and body == nil and rawget(res, "_held") then body = upstream end
   if upstream and rawget(res, "headers") == nil then
     -- Nobody looked at the proxied answer's headers: relayed from C as they came
     -- (unless a policy replaced the body: then they go through the table path).
@@ -116,11 +118,9 @@ local function send(req, res)
       local _ = res.headers
     else
       respond(req._cx, req._sn, res.status, rawget(req, "_resp_set"), body or "", upstream)
-      upstream:close()
       return
     end
   end
-  if upstream then upstream:close() end
   local headers = res.headers
   apply_response_headers(req, headers)
   if type(body) == "table" then
@@ -128,6 +128,7 @@ local function send(req, res)
     if not has_content_type(headers) then headers["Content-Type"] = "application/json" end
   elseif body == nil then
     body = ""
+  elseif body == upstream then             -- the held proxied body, sent from C
   elseif type(body) ~= "string" then
     body = tostring(body)
   elseif body ~= "" and not has_content_type(headers) then
@@ -160,7 +161,7 @@ local function run(req, route, status, allow)
   end
   if st == nil then error("the handler returned no status and did not stream", 0) end
   res = make_res(st, body, headers, "the handler")
-  local fetched = res.body
+  local fetched = rawget(res, "body")
   if type(fetched) == "table" and getmetatable(fetched) == Fetched then
     -- Answering with a fetched response: all of it first. If it broke off,
     -- the client gets the failure's status (502/504) instead.
@@ -214,6 +215,9 @@ local function serve(cx, sn, ri, method, path, query, ip, port, id, status, allo
     end
   end
   log_phase(req)
+  local res = rawget(req, "_res")
+  local up = res and rawget(res, "_upstream")
+  if up then up:close() end
 end
 
 -- The body of every pooled coroutine: serve one request, yield DONE, wait

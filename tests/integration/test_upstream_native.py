@@ -515,3 +515,52 @@ def test_a_held_answer_is_scanned_and_sent_from_the_c_side(gateway, scripted):
     assert requests.get(g.url("/members/ok")).status_code == 200     # the worker is fine
     # a streamed answer's headers are built when read, also after close()
     assert requests.get(g.url("/headers/x")).json() == {"ctype": "application/json", "extra": "1", "len": 11}
+
+
+def test_a_proxied_body_stays_in_c_until_lua_reads_it(gateway, scripted, tmp_path):
+    """A complete small proxied answer is sent from the fetch handle; a
+    response policy that reads res.body gets the string (and may change it),
+    one that sets it replaces it, and a log-phase policy can still read the
+    body and headers after the answer went out."""
+    body = b'{"id":"x1","n":1}'
+    up = scripted(lambda conn, n, path: [ok(body, extra=b"X-Up: yes\r\n")])
+    logfile = tmp_path / "seen.txt"
+    policies = {
+        "mine/peek.lua": """
+return {
+  schema = { mode = { type = "string" } },
+  response = function(conf, req, res)
+    if conf.mode == "read" then res.body = res.body:gsub("x1", "y2") end
+    if conf.mode == "set" then res.body = { replaced = true } end
+  end,
+  log = function(conf, req, res)
+    local f = io.open(%s, "a")
+    f:write(conf.mode, " ", tostring(res.body), " ", tostring(res.headers["x-up"]), "\\n")
+    f:close()
+  end,
+}
+""" % json.dumps(str(logfile)),
+    }
+    g = gateway("""
+return {
+  listen = "127.0.0.1:8080",
+  policy_paths = { "mine" },
+  upstreams = { up = { targets = { "%s" } } },
+  routes = {
+    { "GET", "/plain", proxy = "up", policies = { { "peek", mode = "none" } } },
+    { "GET", "/read", proxy = "up", policies = { { "peek", mode = "read" } } },
+    { "GET", "/set", proxy = "up", policies = { { "peek", mode = "set" } } },
+  },
+}
+""" % up.url, files=policies)
+    r = requests.get(g.url("/plain"))
+    assert r.content == body and r.headers["X-Up"] == "yes"
+    r = requests.get(g.url("/read"))
+    assert r.content == b'{"id":"y2","n":1}' and r.headers["X-Up"] == "yes"
+    r = requests.get(g.url("/set"))
+    assert r.json() == {"replaced": True}
+    wait_until(lambda: logfile.exists() and len(logfile.read_text().splitlines()) == 3)
+    lines = logfile.read_text().splitlines()
+    assert lines[0] == 'none {"id":"x1","n":1} yes', lines     # read after it was sent
+    assert lines[1] == 'read {"id":"y2","n":1} yes', lines
+    assert lines[2].startswith("set table: ") and lines[2].endswith(" yes"), lines
