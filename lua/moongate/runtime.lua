@@ -96,18 +96,8 @@ local function send(req, res)
   run_response_phase(req, res)
   local body = rawget(res, "body")        -- a held proxied body stays in C (below)
   if body == nil and res.error then body = { message = res.error } end
-  if type(body) == "table" and getmetatable(body) == Fetched then
-    -- A fetched answer, held whole on the C side (run() made sure): sent
-    -- from there.
-    local headers = res.headers
-    apply_response_headers(req, headers)
-    if not has_content_type(headers) then
-      headers["Content-Type"] = body.headers["content-type"] or "application/octet-stream"
-    end
-    respond(req._cx, req._sn, res.status, headers, body._h)
-    body:close()
-    return
-  end
+  -- A fetched answer as the body: held whole on the C side (run() made sure).
+  local fetched = type(body) == "table" and getmetatable(body) == Fetched and body or nil
   -- A proxied answer's handle is closed after the log phase (serve).
   local upstream = rawget(res, "_upstream")
   if upstream and body == nil and rawget(res, "_held") then body = upstream end
@@ -123,7 +113,12 @@ local function send(req, res)
   end
   local headers = res.headers
   apply_response_headers(req, headers)
-  if type(body) == "table" then
+  if fetched then                          -- sent from C, as it came
+    if not has_content_type(headers) then
+      headers["Content-Type"] = fetched.headers["content-type"] or "application/octet-stream"
+    end
+    body = fetched._h
+  elseif type(body) == "table" then
     body = encode(body)
     if not has_content_type(headers) then headers["Content-Type"] = "application/json" end
   elseif body == nil then
@@ -135,6 +130,7 @@ local function send(req, res)
     headers["Content-Type"] = "text/plain; charset=utf-8"
   end
   respond(req._cx, req._sn, res.status, headers, body)
+  if fetched then fetched:close() end
 end
 
 local function run(req, route, status, allow)

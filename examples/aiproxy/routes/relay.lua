@@ -350,7 +350,7 @@ local function relay(req, ep)
           end
           break
         end
-        local rkind = model_json
+        local rkind = model_json                 -- failed: nil, kind, message
         if rkind == "closed" then return client_left(st, reservation) end
         res:close()
         catalog.record(ch.id, false)
