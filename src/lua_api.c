@@ -116,6 +116,32 @@ static int l_abort(lua_State *L) {
   return 0;
 }
 
+void mg_lua_newmetatable(lua_State *L, const void *key, const char *tname) {
+  luaL_newmetatable(L, tname);
+  lua_pushlightuserdata(L, (void *)key);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+void mg_lua_setmetatable(lua_State *L, const void *key) {
+  lua_pushlightuserdata(L, (void *)key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_setmetatable(L, -2);
+}
+
+void *mg_lua_checkudata(lua_State *L, int idx, const void *key, const char *tname) {
+  void *p = lua_touserdata(L, idx);
+  if (p && lua_getmetatable(L, idx)) {
+    lua_pushlightuserdata(L, (void *)key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    int same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (same) return p;
+  }
+  luaL_typerror(L, idx, tname);
+  return NULL;
+}
+
 static int l_traceparent(lua_State *L) {
   lua_pushstring(L, mg_forward_traceparent(check_req(L)));
   return 1;

@@ -5,12 +5,14 @@
  * lua/moongate/upstream.lua builds req:fetch() and req:proxy() on them.
  *
  *   h = core.fetch{ url =, path =, method =, headers = { "Name: value", ... },
- *                   body =, connect_timeout =, timeout =, read_timeout = (ms),
+ *                   trace = true, body =, connect_timeout =, timeout =, read_timeout = (ms),
  *                   verify = true,
  *                   forward = true, drop = { "lower-case-name", ... } }
  *              path: appended to url (url is then a base like "http://h:80")
  *              forward: the current request's headers go first, as a proxy
  *              hop forwards them (forward.c); drop: names left out of them.
+ *              trace: the current request's X-Request-ID and traceparent
+ *              follow the headers (forward includes them already).
  *   h:head()   -> status, headers | nil, kind, message | nothing (waited:
  *                 call again)
  *   h:status() -> like head() without building the headers table
@@ -41,18 +43,49 @@
 #include <strings.h>
 
 #define FETCH_MT "moongate.fetch"
+static const char fetch_mt_key;   /* its address: the metatable's registry key */
 
 /* The head outlives close(): it moves here, so a caller that read the body
  * (which closes) can still look at the headers; freed with the userdata. */
 typedef struct { mg_fetch *f; mg_buf head; } fetch_ud;
 
 mg_fetch *mg_lua_check_fetch(lua_State *L, int idx) {
-  fetch_ud *u = luaL_checkudata(L, idx, FETCH_MT);
+  fetch_ud *u = mg_lua_checkudata(L, idx, &fetch_mt_key, FETCH_MT);
   if (!u->f) luaL_error(L, "fetch handle used after close");
   return u->f;
 }
 
+/* core.fetch's option names, in its upvalues: looked up in the options
+ * table without interning the name on every call (lua_getfield would). */
+enum { OPT_URL = 1, OPT_PATH, OPT_METHOD, OPT_BODY, OPT_FORWARD, OPT_DROP, OPT_HEADERS,
+       OPT_TRACE, OPT_CONNECT_TIMEOUT, OPT_TIMEOUT, OPT_READ_TIMEOUT, OPT_VERIFY,
+       OPT_COUNT = OPT_VERIFY };
+static const char *const opt_names[OPT_COUNT] = {
+  "url", "path", "method", "body", "forward", "drop", "headers", "trace",
+  "connect_timeout", "timeout", "read_timeout", "verify"};
+
+/* Pushes opts[name] (the options table is argument 1, a plain table). */
+static void get_opt(lua_State *L, int opt) {
+  lua_pushvalue(L, lua_upvalueindex(opt));
+  lua_rawget(L, 1);
+}
+
 static mg_fetch *check_fetch(lua_State *L) { return mg_lua_check_fetch(L, 1); }
+
+/* trace = true: the request's X-Request-ID and W3C traceparent (the one
+ * req:proxy sends too, made once per request), "Name: value\n" each, in
+ * the worker's scratch buffer; returns how many. Made here rather than in
+ * Lua: two fresh strings per call, one of them interned into a hash chain
+ * that every answer id shares. */
+static int trace_lines(mg_request *req, mg_buf *out) {
+  out->len = 0;
+  mg_buf_append(out, "X-Request-ID: ", 14);
+  mg_buf_appends(out, req->id);
+  mg_buf_append(out, "\ntraceparent: ", 14);
+  mg_buf_append(out, mg_forward_traceparent(req), 55);
+  mg_buf_append(out, "\n", 1);
+  return 2;
+}
 
 /* The forwarded lines (forward = true), "Name: value\n" each, in the
  * worker's scratch buffer; returns how many. */
@@ -61,7 +94,7 @@ static int forward_lines(lua_State *L, mg_coctx *cx, mg_buf *out) {
   const char *names[32];
   size_t lens[32];
   mg_forward_drop drop = { names, lens, 0 };
-  lua_getfield(L, 1, "drop");
+  get_opt(L, OPT_DROP);
   if (lua_istable(L, -1)) {
     int n = (int)lua_objlen(L, -1);
     if (n > 32) luaL_error(L, "fetch: at most 32 names in drop");
@@ -76,12 +109,15 @@ static int forward_lines(lua_State *L, mg_coctx *cx, mg_buf *out) {
   out->len = 0;
   mg_forward_request_lines(cx->req, &drop, out);
   int n = 0;
-  for (size_t i = 0; i < out->len; i++) n += out->data[i] == '\n';
+  if (out->len == 0) return 0;
+  for (const char *p = out->data, *end = p + out->len;
+       (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
+    n++;
   return n;
 }
 
-static long opt_ms(lua_State *L, int t, const char *key, long dflt) {
-  lua_getfield(L, t, key);
+static long opt_ms(lua_State *L, int opt, long dflt) {
+  get_opt(L, opt);
   long v = lua_isnumber(L, -1) ? (long)lua_tonumber(L, -1) : dflt;
   lua_pop(L, 1);
   return v;
@@ -94,11 +130,11 @@ static int l_fetch(lua_State *L) {
   mg_worker *w = cx->app->w;   /* starting is fine anywhere; waiting is checked in park() */
   mg_fetch_spec spec;
   memset(&spec, 0, sizeof spec);
-  lua_getfield(L, 1, "url");
+  get_opt(L, OPT_URL);
   spec.url = luaL_checklstring(L, -1, &spec.url_len);
   if (strncmp(spec.url, "http://", 7) != 0 && strncmp(spec.url, "https://", 8) != 0)
     luaL_error(L, "fetch: url must start with http:// or https://");
-  lua_getfield(L, 1, "path");
+  get_opt(L, OPT_PATH);
   if (!lua_isnil(L, -1)) {
     /* base .. path without a Lua string: the URL is only needed until
      * mg_fetch_start has copied what it uses. */
@@ -112,9 +148,9 @@ static int l_fetch(lua_State *L) {
     spec.url = u->data;
     spec.url_len = u->len - 1;
   }
-  lua_getfield(L, 1, "method");
+  get_opt(L, OPT_METHOD);
   spec.method = luaL_optstring(L, -1, "GET");
-  lua_getfield(L, 1, "body");
+  get_opt(L, OPT_BODY);
   if (lua_isstring(L, -1)) spec.body = lua_tolstring(L, -1, &spec.body_len);
   /* url, method and body stay on the stack (so their strings stay alive)
    * until mg_fetch_start has copied them. */
@@ -124,12 +160,16 @@ static int l_fetch(lua_State *L) {
   mg_fetch_line stack_lines[48], *lines = stack_lines;
   int nfwd = 0;
   mg_buf *fwd = &w->fwdbuf;
-  lua_getfield(L, 1, "forward");
-  if (lua_toboolean(L, -1)) nfwd = forward_lines(L, cx, fwd);
+  get_opt(L, OPT_FORWARD);
+  if (lua_toboolean(L, -1)) nfwd = forward_lines(L, cx, fwd);   /* with both lines of trace */
   lua_pop(L, 1);
-  lua_getfield(L, 1, "headers");
+  int ntrace = 0;
+  get_opt(L, OPT_TRACE);
+  if (lua_toboolean(L, -1) && !nfwd && cx->req) ntrace = trace_lines(cx->req, fwd);
+  lua_pop(L, 1);
+  get_opt(L, OPT_HEADERS);
   {
-    int n = nfwd + (lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0);
+    int n = nfwd + ntrace + (lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0);
     if (n > (int)(sizeof stack_lines / sizeof *stack_lines)) {
       /* A userdata: collected with the call's stack, even if we raise. */
       lines = lua_newuserdata(L, (size_t)n * sizeof *lines);
@@ -158,11 +198,19 @@ static int l_fetch(lua_State *L) {
       spec.nheaders++;
     }
   }
+  /* The trace lines go after the caller's, where Lua used to add them. */
+  for (const char *p = fwd->data, *end = p + (ntrace ? fwd->len : 0); p < end; ) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    lines[spec.nheaders].p = p;
+    lines[spec.nheaders].len = (size_t)(eol - p);
+    spec.nheaders++;
+    p = eol + 1;
+  }
   spec.headers = lines;
-  spec.connect_timeout_ms = opt_ms(L, 1, "connect_timeout", 5000);
-  spec.timeout_ms = opt_ms(L, 1, "timeout", 60000);
-  spec.read_timeout_ms = opt_ms(L, 1, "read_timeout", 0);
-  lua_getfield(L, 1, "verify");
+  spec.connect_timeout_ms = opt_ms(L, OPT_CONNECT_TIMEOUT, 5000);
+  spec.timeout_ms = opt_ms(L, OPT_TIMEOUT, 60000);
+  spec.read_timeout_ms = opt_ms(L, OPT_READ_TIMEOUT, 0);
+  get_opt(L, OPT_VERIFY);
   spec.verify_tls = !(lua_isboolean(L, -1) && !lua_toboolean(L, -1));
   lua_pop(L, 1);
 
@@ -178,8 +226,7 @@ static int l_fetch(lua_State *L) {
   u->f = f;
   u->head = (mg_buf){0};
   f->lua_owned = 1;
-  luaL_getmetatable(L, FETCH_MT);
-  lua_setmetatable(L, -2);
+  mg_lua_setmetatable(L, &fetch_mt_key);
   return 1;
 }
 
@@ -269,7 +316,7 @@ static int l_status(lua_State *L) {
 }
 
 static int l_headers(lua_State *L) {
-  fetch_ud *u = luaL_checkudata(L, 1, FETCH_MT);
+  fetch_ud *u = mg_lua_checkudata(L, 1, &fetch_mt_key, FETCH_MT);
   if (u->f && !u->f->head_done) luaL_error(L, "headers: the response head has not arrived");
   lua_newtable(L);
   push_headers_filtered(L, u->f ? &u->f->head : &u->head, NULL, 0, -1);
@@ -369,7 +416,7 @@ static int l_info(lua_State *L) {
 }
 
 static int l_close(lua_State *L) {
-  fetch_ud *u = luaL_checkudata(L, 1, FETCH_MT);
+  fetch_ud *u = mg_lua_checkudata(L, 1, &fetch_mt_key, FETCH_MT);
   if (u->f) {
     mg_fetch *f = u->f;
     u->f = NULL;
@@ -397,13 +444,14 @@ void mg_lua_open_fetch(lua_State *L) {
     {"hold", l_hold}, {"members", l_members}, {"headers", l_headers},
     {"complete", l_complete},
     {"close", l_close}, {NULL, NULL}};
-  luaL_newmetatable(L, FETCH_MT);
+  mg_lua_newmetatable(L, &fetch_mt_key, FETCH_MT);
   lua_newtable(L);
   luaL_register(L, NULL, methods);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, l_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_fetch);
+  for (int i = 0; i < OPT_COUNT; i++) lua_pushstring(L, opt_names[i]);
+  lua_pushcclosure(L, l_fetch, OPT_COUNT);
   lua_setfield(L, -2, "fetch");   /* into the core table on the stack */
 }

@@ -11,6 +11,7 @@
  *   d:ttl(key)                      -> seconds left | -1 (no expiry) | nil (absent)
  *   d:count()                       -> number of live entries (expired ones may count)
  * Keys are strings; values strings, numbers or booleans; ttl in seconds. */
+#include "moongate/lua_api.h"
 #include "moongate/shdict.h"
 
 #include <lua.h>
@@ -18,9 +19,10 @@
 #include <stdlib.h>
 
 #define SHDICT_MT "moongate.shdict"
+static const char shdict_mt_key;   /* its address: the metatable's registry key */
 
 static mg_shdict *check_dict(lua_State *L) {
-  return *(mg_shdict **)luaL_checkudata(L, 1, SHDICT_MT);
+  return *(mg_shdict **)mg_lua_checkudata(L, 1, &shdict_mt_key, SHDICT_MT);
 }
 
 static uint64_t opt_ttl(lua_State *L, int idx) {
@@ -132,8 +134,7 @@ static int l_open(lua_State *L) {
   if (!d) luaL_error(L, "shared dictionary %s: capacity must be at least 8k", name);
   mg_shdict **u = lua_newuserdata(L, sizeof *u);
   *u = d;
-  luaL_getmetatable(L, SHDICT_MT);
-  lua_setmetatable(L, -2);
+  mg_lua_setmetatable(L, &shdict_mt_key);
   lua_pushnumber(L, (double)mg_shdict_capacity(d));   /* the one in force */
   return 2;
 }
@@ -142,7 +143,7 @@ void mg_lua_open_shdict(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"get", l_get}, {"set", l_set}, {"add", l_add}, {"incr", l_incr},
     {"delete", l_delete}, {"cas", l_cas}, {"ttl", l_ttl}, {"count", l_count}, {NULL, NULL}};
-  luaL_newmetatable(L, SHDICT_MT);
+  mg_lua_newmetatable(L, &shdict_mt_key, SHDICT_MT);
   lua_newtable(L);
   luaL_register(L, NULL, methods);
   lua_setfield(L, -2, "__index");

@@ -19,6 +19,14 @@ struct mg_fetch *mg_lua_check_fetch(struct lua_State *L, int idx);
 const char *mg_lua_fetch_held(struct lua_State *L, int idx, size_t *len);
 /* core.json_members' results for `text`, the keys at key_idx..top. */
 int mg_lua_push_json_members(struct lua_State *L, const char *text, size_t n, int key_idx);
+/* Userdata types. Each metatable is kept in the registry under its name (as
+ * luaL_newmetatable does) and under `key`, the address of a static in the
+ * type's file: checks on hot paths then find it by that pointer instead of
+ * interning the name on every call (luaL_checkudata's cost).
+ * mg_lua_newmetatable leaves the new metatable on the stack. */
+void mg_lua_newmetatable(struct lua_State *L, const void *key, const char *tname);
+void mg_lua_setmetatable(struct lua_State *L, const void *key);   /* on the value at the top */
+void *mg_lua_checkudata(struct lua_State *L, int idx, const void *key, const char *tname);
 /* Adds core.shdict and the shared dictionary type (lua_shdict.c). */
 void mg_lua_open_shdict(struct lua_State *L);
 /* Creates a Lua state with the standard libraries, cjson and moongate.core

@@ -169,20 +169,19 @@ function methods.fetch(r, target, opts)
     headers[#headers + 1] = "Content-Type: application/json"
   end
   if opts.headers then header_lines(opts.headers, headers) end
-  headers[#headers + 1] = "X-Request-ID: " .. r.id
-  headers[#headers + 1] = "traceparent: " .. traceparent(r)
+  -- X-Request-ID and traceparent follow (trace = true): added by the C side.
   local method = opts.method or (body and "POST" or "GET")
   local timeout = opts.timeout and opts.timeout * 1000
   local h, t, status, rh
   if up then
     h, t, status, rh = up:request({ method = method, path_and_query = pq, headers = headers,
-                                    body = body, key = opts.key, timeout = timeout,
+                                    trace = true, body = body, key = opts.key, timeout = timeout,
                                     request_id = r.id, status_only = opts.stream })
     if not h then return nil, t, status end          -- nil, kind, message
   else
     local kind, msg
-    h, kind, msg = core.fetch({ url = base .. pq, method = method, headers = headers, body = body,
-                                timeout = timeout or 60000,
+    h, kind, msg = core.fetch({ url = base .. pq, method = method, headers = headers, trace = true,
+                                body = body, timeout = timeout or 60000,
                                 connect_timeout = opts.connect_timeout and opts.connect_timeout * 1000 })
     if not h then return nil, kind, msg end
     if opts.stream then status, kind, msg = upstream.wait_status(h) else status, kind, msg = upstream.wait_head(h) end

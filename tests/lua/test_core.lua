@@ -22,3 +22,16 @@ test("clean_utf8 refuses what is not a string", function()
   assert(tostring(err):find("string expected"), err)
   eq(pcall(core.clean_utf8), false)
 end)
+
+test("userdata methods refuse a value of another type, naming the type they want", function()
+  local dict = core.shdict("test_core_check", 64 * 1024)
+  eq(dict:set("k", "v"), true)
+  eq(dict:get("k"), "v")
+  local get = dict.get
+  local ok, err = pcall(get, {}, "k")
+  eq(ok, false)
+  assert(tostring(err):find("moongate.shdict expected, got table", 1, true), err)
+  ok, err = pcall(get, io.stdout, "k")          -- a userdata of another type
+  eq(ok, false)
+  assert(tostring(err):find("moongate.shdict expected, got userdata", 1, true), err)
+end)

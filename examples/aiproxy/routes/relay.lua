@@ -33,6 +33,19 @@ local ENDPOINTS = {
 
 local function now_ms() return math.floor(core.now() * 1000) end
 
+local NONE_TRIED = {}   -- no channel tried yet (never written: a set is made at the first try)
+
+-- The headers every request to a channel carries, made once per channel
+-- object (a catalog snapshot's channels are rebuilt when it is reloaded).
+local function channel_headers(ch)
+  local h = ch.fetch_headers
+  if not h then
+    h = { Authorization = "Bearer " .. ch.key, ["Content-Type"] = "application/json" }
+    ch.fetch_headers = h
+  end
+  return h
+end
+
 local function no_model(model)
   return openai.error(404, "The model `" .. model .. "` does not exist or you do not have access to it.",
                       "model_not_found")
@@ -273,16 +286,19 @@ local function relay(req, ep)
   end
   st.model = model
 
-  local chain = { model }
-  for _, m in ipairs(cfg.fallbacks) do if m ~= model then chain[#chain + 1] = m end end
+  -- The model, then its fallbacks.
+  local fallbacks = cfg.fallbacks
   local attempts, last = 0, nil
   local usage_obj, text_len, ended
-  for _, m in ipairs(chain) do
+  for i = 0, #fallbacks do
+    local m = i == 0 and model or fallbacks[i]
+    if i > 0 and m == model then goto next_model end
     local mcfg = m == model and cfg or catalog.model_config(snap, m)
-    local tried = {}
+    local tried = NONE_TRIED
     for _ = 1, 1 + mcfg.retry_times do
       local ch = catalog.pick(snap, m, tried)
       if not ch then break end
+      if tried == NONE_TRIED then tried = {} end
       tried[ch.id] = true
       attempts = attempts + 1
       local upstream_model = ch.model_mapping[m] or m
@@ -293,8 +309,7 @@ local function relay(req, ep)
         upstream_body = json.set_member(base, "model", model_json) or base
       end
       local res, kind, msg = req:fetch(ch.base_url .. ep.path, {
-        method = "POST", body = upstream_body,
-        headers = { Authorization = "Bearer " .. ch.key, ["Content-Type"] = "application/json" },
+        method = "POST", body = upstream_body, headers = channel_headers(ch),
         timeout = mcfg.timeout, connect_timeout = CONNECT_TIMEOUT, stream = true,
       })
       if not res then
@@ -360,6 +375,7 @@ local function relay(req, ep)
       end
     end
     if ended then break end
+    ::next_model::
   end
 
   if not ended then
