@@ -38,7 +38,21 @@ static int l_req_header(lua_State *L) {
   mg_request *req = check_req(L);
   size_t nlen;
   const char *name = luaL_checklstring(L, 3, &nlen);
-  /* Repeated headers read as one comma-joined value (RFC 9110 5.3). */
+  /* Repeated headers read as one comma-joined value (RFC 9110 5.3); the
+   * usual single one is pushed as it is, without a buffer. */
+  int first = -1;
+  for (int i = 0; i < req->nhdr; i++) {
+    const mg_header *h = &req->hdr[i];
+    if (!mg_strcaseeq(req->head.data + h->name, h->name_len, name, nlen)) continue;
+    if (first >= 0) { first = -2; break; }
+    first = i;
+  }
+  if (first == -1) return 0;
+  if (first >= 0) {
+    const mg_header *h = &req->hdr[first];
+    lua_pushlstring(L, req->head.data + h->value, h->value_len);
+    return 1;
+  }
   luaL_Buffer b;
   int found = 0;
   for (int i = 0; i < req->nhdr; i++) {

@@ -189,7 +189,9 @@ function methods.fetch(r, target, opts)
     rh = kind
   end
   if opts.stream then
-    return setmetatable({ status = status, _h = h, _hh = h, _up = up, _t = t }, Response)
+    -- Two shapes, so that a URL target's answer carries no empty slots.
+    return setmetatable(up and { status = status, _h = h, _hh = h, _up = up, _t = t }
+                        or { status = status, _h = h, _hh = h }, Response)
   end
   local data, kind, msg = upstream.read_all(h)
   h:close()

@@ -129,6 +129,23 @@ def test_headers_are_case_insensitive(gateway):
     assert r.json()["upper"] == "baz"
 
 
+def test_a_repeated_header_reads_as_one_comma_joined_value(gateway):
+    g = gateway(API, files=FILES)
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+        s.sendall(b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Foo: a\r\nX-Other: o\r\n"
+                  b"x-foo: b\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status, _, body, _ = parse_response(data)
+    assert status == 200, data
+    j = json.loads(body)
+    assert j["via_method"] == "a, b" and j["lower"] == "a, b" and j["all"] == "a, b", j
+
+
 def test_raw_body_and_json(gateway):
     g = gateway(API, files=FILES)
     payload = {"name": "moon", "n": [1, 2, 3], "nested": {"ok": True}}

@@ -110,12 +110,19 @@ M.queue = batch.new{
 -- (the client's model name and request id, the upstream's error text, cut
 -- at 1000 bytes) keep their valid UTF-8; every other byte becomes "?"
 -- (core.clean_utf8: the same string back, no copy, when it is clean).
+-- upstream_model is not among them: it comes from a channel's mapping,
+-- which PostgreSQL stored, or is the (cleaned) requested model.
 M.clean_text = core.clean_utf8
+
+-- Row ids: random per Lua state (each worker, each reload) plus a counter,
+-- unique without drawing 128 random bits per request.
+local uid_prefix, uid_count = core.random_hex(16), 0
 
 -- A new row with the request's identity filled in.
 function M.row(req, tok, endpoint)
+  uid_count = uid_count + 1
   return {
-    uid = core.random_hex(32), request_id = req.id, created_at = math.floor(core.now() * 1000),
+    uid = uid_prefix .. uid_count, request_id = req.id, created_at = math.floor(core.now() * 1000),
     group_id = tok.group, token_id = tok.id, token_name = tok.name, model = "", upstream_model = "",
     channel_id = 0, endpoint = endpoint, code = 0, content = "", prompt_tokens = 0,
     completion_tokens = 0, total_tokens = 0, usage_estimated = false, amount = 0, latency_ms = 0,
@@ -124,9 +131,14 @@ function M.row(req, tok, endpoint)
 end
 
 function M.push(row)
-  if #row.content > 1000 then row.content = row.content:sub(1, 1000) end
-  row.content = M.clean_text(row.content)
-  row.model, row.upstream_model = M.clean_text(row.model), M.clean_text(row.upstream_model)
+  local content = row.content
+  if content ~= "" then
+    if #content > 1000 then content = content:sub(1, 1000) end
+    row.content = M.clean_text(content)
+  end
+  local model = row.model
+  row.model = M.clean_text(model)
+  if row.upstream_model == model then row.upstream_model = row.model end
   row.request_id = M.clean_text(row.request_id)
   M.queue:push(row)
 end
