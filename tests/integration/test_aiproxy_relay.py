@@ -675,6 +675,12 @@ def test_bad_bodies_get_openai_errors(app, mock):
     oai_error(requests.post(url, data="[1, 2]", headers=bearer(t)), 400, "invalid_json")
     oai_error(requests.post(url, data=json.dumps({"model": 42}), headers=bearer(t)), 400, "missing_model")
     oai_error(requests.post(url, data="", headers=bearer(t)), 400, "invalid_json")
+    oai_error(requests.post(url, data="[]", headers=bearer(t)), 400, "invalid_json")
+    oai_error(requests.post(url, data='{"model": "%s"' % m, headers=bearer(t)), 400, "invalid_json")
+    oai_error(requests.post(url, data='{"model": ""}', headers=bearer(t)), 400, "missing_model")
+    # the model name is read without decoding the body: escapes still count
+    e = oai_error(requests.post(url, data='{"model": "a\\"b\\u00e9"}', headers=bearer(t)), 404, "model_not_found")
+    assert "`a\"b\u00e9`" in e["message"], e
     # over the 16 MiB body limit: 413 in OpenAI's shape, before any upstream work
     big = b'{"model": "%s", "messages": [{"role": "user", "content": "' % m.encode() + b"x" * (17 << 20) + b'"}]}'
     r = requests.post(url, data=big, headers=bearer(t))

@@ -21,6 +21,8 @@ local usage = require "lib.usage"
 local accounting = require "lib.accounting"
 local openai = require "lib.openai"
 
+local byte, find, sub = string.byte, string.find, string.sub
+
 local DEFAULT_COMPLETION = 512   -- tokens reserved for TPM when max_tokens is absent
 local CONNECT_TIMEOUT = 10       -- seconds, per channel attempt
 local NOT_RETRIED = { [400] = true, [413] = true, [422] = true }
@@ -92,6 +94,34 @@ local function prompt_estimate(body, kind)
   return math.max(1, math.ceil(n))
 end
 
+-- The request body decoded (once, on demand): only token estimates need it.
+local function decoded_body(st)
+  local b = st.body
+  if b == nil then
+    b = cjson.decode(st.raw)
+    if type(b) ~= "table" then b = {} end
+    st.body = b
+  end
+  return b
+end
+
+-- The prompt's estimated tokens (made once, on demand).
+local function est_prompt(st)
+  local n = st.est_prompt
+  if not n then
+    n = prompt_estimate(decoded_body(st), st.kind)
+    st.est_prompt = n
+  end
+  return n
+end
+
+-- A JSON string member's value (its JSON text, as json.member gives it).
+local function string_member(j)
+  if not j or byte(j, 1) ~= 34 then return nil end      -- absent, or not a string
+  if not find(j, "\\", 1, true) then return sub(j, 2, -2) end
+  return cjson.decode(j)
+end
+
 local function completion_reserve(body, kind)
   if kind == "embeddings" then return 0 end
   local m = body.max_tokens or body.max_completion_tokens
@@ -131,7 +161,7 @@ end
 
 -- The usage chunk of a stream whose upstream sent none (estimated).
 local function synth_usage(st, len)
-  local p, c = st.est_prompt, math.ceil(len / 4)
+  local p, c = est_prompt(st), math.ceil(len / 4)
   return json.encode({ id = "chatcmpl-" .. st.req_id, object = "chat.completion.chunk",
                        created = math.floor(core.now()), model = st.model, choices = json.empty_array,
                        usage = { prompt_tokens = p, completion_tokens = c, total_tokens = p + c } })
@@ -236,15 +266,18 @@ local function relay(req, ep)
   local tok = req.ctx.token
   local row = accounting.row(req, tok, ep.path)
   local t0 = now_ms()
-  local st = { t0 = t0, ttfb = 0, row = row, req_id = req.id }
-
   local raw = req:body()
-  local body = cjson.decode(raw)
-  if type(body) ~= "table" or (next(body) ~= nil and body[1] ~= nil) then
+  local st = { t0 = t0, ttfb = 0, row = row, req_id = req.id, raw = raw, kind = ep.kind }
+
+  -- The members the relay reads, found by a scan that also checks that the
+  -- body is one JSON object (as cjson takes it); the whole body is decoded
+  -- only for a token estimate (TPM, or an answer without usage).
+  local model_j, stream_j, so_j = json.member(raw, "model", "stream", "stream_options")
+  if model_j == nil then
     return refuse(st, 400, "We could not parse the JSON body of your request. The OpenAI API expects a JSON object.",
                   "invalid_json")
   end
-  local model = body.model
+  local model = string_member(model_j)
   if type(model) ~= "string" or model == "" then
     return refuse(st, 400, "you must provide a model parameter", "missing_model")
   end
@@ -260,11 +293,11 @@ local function relay(req, ep)
     return s, b, h
   end
   local cfg = catalog.model_config(snap, model)
-  local stream = body.stream == true and ep.kind ~= "embeddings"
+  local stream = stream_j == "true" and ep.kind ~= "embeddings"
   row.stream = stream
-  local est_prompt = prompt_estimate(body, ep.kind)
-  st.est_prompt = est_prompt
-  local reservation, limit_headers, which = limits.acquire(tok.group, model, cfg, est_prompt + completion_reserve(body, ep.kind))
+  local reserve = 0                              -- tokens: only a TPM limit counts them
+  if cfg.tpm > 0 then reserve = est_prompt(st) + completion_reserve(decoded_body(st), ep.kind) end
+  local reservation, limit_headers, which = limits.acquire(tok.group, model, cfg, reserve)
   if not reservation then
     if which == "unavailable" then
       return refuse(st, 503, "The rate limiter is unavailable; try again later.", "rate_limiter_unavailable")
@@ -279,7 +312,8 @@ local function relay(req, ep)
   -- and, when streaming, stream_options.include_usage changed.
   local base = raw
   if stream then
-    local so = type(body.stream_options) == "table" and body.stream_options or {}
+    local so = so_j and cjson.decode(so_j)
+    if type(so) ~= "table" then so = {} end
     st.client_usage = so.include_usage == true
     so.include_usage = true
     base = json.set_member(raw, "stream_options", cjson.encode(so)) or raw
@@ -405,7 +439,7 @@ local function relay(req, ep)
   end
   if not (prompt and completion) then
     row.usage_estimated = true
-    prompt = est_prompt
+    prompt = est_prompt(st)
     completion = math.ceil((text_len or answer_text_len(st.answer and cjson.decode(answer_text(st)))) / 4)
   end
   row.prompt_tokens, row.completion_tokens, row.total_tokens = prompt, completion, prompt + completion
