@@ -109,6 +109,24 @@ end)
 -- (cjson also takes what JSON does not -- NaN, Infinity, hex numbers, leading
 -- zeros -- which member refuses; those texts are left out of the generator's
 -- alphabet and the mutations do not produce them.)
+test("member finds a string's end wherever it falls in the 8-byte steps of the scan", function()
+  -- The scan skips plain string content a word at a time: a quote, a
+  -- backslash or a NUL at any offset must still be seen, and a stop byte's
+  -- neighbours (0x21, 0x23, 0x5b, 0x5d, 0x01) must not be taken for one.
+  local fill = "ab!#[]\1c\239\191\189xyz0123456789"
+  for len = 0, 24 do
+    local content = fill:rep(2):sub(1, len)
+    for _, tail in ipairs({ "", "\\n", '\\"', "\\u00e9" }) do
+      local text = '{"a":"' .. content .. tail .. '","b":1}'
+      local a, b = json.member(text, "a", "b")
+      eq(a, '"' .. content .. tail .. '"')
+      eq(b, "1")
+      eq(json.member('{"a":"' .. content .. tail .. '\0","b":1}', "b"), nil)   -- NUL: refused, as cjson does
+      eq(json.member('{"a":"' .. content .. tail, "a"), nil)                 -- unterminated
+    end
+  end
+end)
+
 test("member agrees with cjson on generated and mutated texts", function()
   local seed = 12345
   local function rand(n)                  -- Park-Miller: exact in doubles, the same every run
