@@ -32,6 +32,7 @@ local top_schema = {
   workers = { type = "string" },            -- checked by hand: "auto" or n
   limits = { type = "table" },
   shutdown_timeout = { type = "duration", default = "10s" },
+  gc_pause = { type = "integer", min = 100, max = 1000 },   -- LuaJIT's setpause (its default: 200)
   health = { type = "string" },             -- or false
   log = { type = "table" },
   policy_paths = { type = "array", items = "string" },
@@ -304,6 +305,7 @@ function M.load(path, overrides)
     settings.keepalive_timeout = limits.keepalive_timeout
     settings.send_timeout = limits.send_timeout
     settings.shutdown_timeout = top.shutdown_timeout
+    settings.gc_pause = top.gc_pause
     if health == nil then
       settings.health_path = "/health"
     elseif health == false then

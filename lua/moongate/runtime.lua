@@ -227,6 +227,9 @@ end
 function M.load(path, overrides)
   local app = config.load(path, overrides)
   routes, global = app.routes, app.global
+  -- The garbage collector's pause (each worker's Lua state has its own):
+  -- a cycle starts when the heap reaches pause% of what the last one kept.
+  if app.settings.gc_pause then collectgarbage("setpause", app.settings.gc_pause) end
   proxy.registry = app.upstreams
   request.hooks.access_log = app.settings.access_log
   local c_routes = {}

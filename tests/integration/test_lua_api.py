@@ -423,3 +423,26 @@ def test_waiting_inside_an_own_coroutine_is_a_clear_error(gateway):
     assert any("cannot wait inside a coroutine created by Lua code" in l["msg"]
                for l in g.error_log())
     assert requests.get(g.url("/ok")).text == "fine"
+
+
+GC_PAUSE = """
+return {
+  listen = "127.0.0.1:8080",
+  %s
+  routes = {
+    { "GET", "/pause", function()
+        local pause = collectgarbage("setpause", 200)   -- returns the one in force
+        collectgarbage("setpause", pause)
+        return 200, { pause = pause }
+      end },
+  },
+}
+"""
+
+
+def test_gc_pause_is_set_in_every_worker(gateway):
+    g = gateway(GC_PAUSE % "gc_pause = 400,", workers=2)
+    for _ in range(6):                           # both workers, whichever answers
+        assert requests.get(g.url("/pause")).json() == {"pause": 400}
+    d = gateway(GC_PAUSE % "")
+    assert requests.get(d.url("/pause")).json() == {"pause": 200}   # LuaJIT's default

@@ -37,6 +37,17 @@ test("a minimal config loads with defaults", function()
   eq(#app.routes[1].chain, 2)
 end)
 
+test("gc_pause is LuaJIT's setpause, from 100 to 1000", function()
+  local app = load([[return { gc_pause = 400, routes = { { "GET", "/", function() return 200 end } } }]])
+  eq(app.settings.gc_pause, 400)
+  app = load([[return { routes = { { "GET", "/", function() return 200 end } } }]])
+  eq(app.settings.gc_pause, nil)                 -- LuaJIT's own default stays
+  local err = load_err([[return { gc_pause = 50, routes = { { "GET", "/", function() return 200 end } } }]])
+  assert(tostring(err):find("gc_pause", 1, true), err)
+  err = load_err([[return { gc_pause = "big", routes = { { "GET", "/", function() return 200 end } } }]])
+  assert(tostring(err):find("gc_pause", 1, true), err)
+end)
+
 test("human values are normalized", function()
   local app = load([[return { listen = "127.0.0.1:9000", workers = 3,
     limits = { headers = "16k", body = "2m", header_timeout = "1500ms" },
