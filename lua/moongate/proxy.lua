@@ -153,6 +153,12 @@ end
 
 M.Response = Response
 
+-- core.fetch's options for URL targets: one table, refilled per call.
+-- core.fetch copies what it needs and never waits, so no other request can
+-- see it half-filled.
+local fetch_opts = { url = false, method = false, headers = false, trace = true, body = false,
+                     timeout = false, connect_timeout = false }
+
 function methods.fetch(r, target, opts)
   opts = opts or {}
   local up, base, rest = resolve(target)
@@ -180,9 +186,11 @@ function methods.fetch(r, target, opts)
     if not h then return nil, t, status end          -- nil, kind, message
   else
     local kind, msg
-    h, kind, msg = core.fetch({ url = base .. pq, method = method, headers = headers, trace = true,
-                                body = body, timeout = timeout or 60000,
-                                connect_timeout = opts.connect_timeout and opts.connect_timeout * 1000 })
+    local o = fetch_opts
+    o.url, o.method, o.headers, o.body = base .. pq, method, headers, body
+    o.timeout, o.connect_timeout = timeout or 60000, opts.connect_timeout and opts.connect_timeout * 1000
+    h, kind, msg = core.fetch(o)
+    o.url, o.headers, o.body = nil, nil, nil          -- nothing kept alive by the shared table
     if not h then return nil, kind, msg end
     if opts.stream then status, kind, msg = upstream.wait_status(h) else status, kind, msg = upstream.wait_head(h) end
     if not status then h:close() return nil, kind, msg end

@@ -170,34 +170,40 @@ local function cooling(id, now)
   return h ~= nil and h.cool_until > now
 end
 
--- The channels of `list` worth trying, with their weights.
-local function candidates(list, tried, now, skip_cooling)
-  local total, cands, weights = 0, {}, {}
-  for _, c in ipairs(list) do
-    if not tried[c.id] and not (skip_cooling and cooling(c.id, now)) then
-      local ok_share = 1 - error_rate(c.id, now)
-      local w = math.max(c.priority, 0.1) * math.max(0.01, ok_share * ok_share)
-      cands[#cands + 1], weights[#weights + 1] = c, w
-      total = total + w
-    end
-  end
-  return cands, weights, total
+-- A channel's weight for this pick: 0 when it is not worth trying.
+local function weight(c, tried, now, skip_cooling)
+  if tried[c.id] or (skip_cooling and cooling(c.id, now)) then return 0 end
+  local ok_share = 1 - error_rate(c.id, now)
+  return math.max(c.priority, 0.1) * math.max(0.01, ok_share * ok_share)
 end
 
--- A channel serving `model` not in `tried`, or nil.
+-- A channel serving `model` not in `tried`, or nil: weighted by priority
+-- and recent errors, cooling channels only when nothing else is left.
+-- Two passes over the list (total, then the draw) instead of building
+-- candidate tables: this runs for every relayed request.
 function M.pick(s, model, tried)
   local list = s.by_model[model]
   if not list then return nil end
   local now = core.now()
-  local cands, weights, total = candidates(list, tried, now, true)
-  if #cands == 0 then cands, weights, total = candidates(list, tried, now, false) end
-  if #cands == 0 then return nil end
-  local x = math.random() * total
-  for i, c in ipairs(cands) do
-    x = x - weights[i]
-    if x <= 0 then return c end
+  local skip_cooling, total = true, 0
+  for i = 1, #list do total = total + weight(list[i], tried, now, true) end
+  if total == 0 then
+    skip_cooling = false
+    for i = 1, #list do total = total + weight(list[i], tried, now, false) end
+    if total == 0 then return nil end
   end
-  return cands[#cands]
+  local x = math.random() * total
+  local last
+  for i = 1, #list do
+    local c = list[i]
+    local w = weight(c, tried, now, skip_cooling)
+    if w > 0 then
+      last = c
+      x = x - w
+      if x <= 0 then return c end
+    end
+  end
+  return last
 end
 
 return M
