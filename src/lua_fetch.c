@@ -4,11 +4,15 @@
  * is fetch.c's choice and invisible here.
  * lua/moongate/upstream.lua builds req:fetch() and req:proxy() on them.
  *
- *   h = core.fetch{ url =, path =, method =, headers = { "Name: value", ... },
+ *   h = core.fetch{ url =, path =, method =,
+ *                   headers = { "Name: value", ..., Name = value | { values } },
  *                   trace = true, body =, connect_timeout =, timeout =, read_timeout = (ms),
  *                   verify = true,
  *                   forward = true, drop = { "lower-case-name", ... } }
  *              path: appended to url (url is then a base like "http://h:80")
+ *              headers: ready lines (the list part) and name = value
+ *              pairs (a string, number or boolean, or a list of them: a
+ *              line each); CR/LF anywhere raises.
  *              forward: the current request's headers go first, as a proxy
  *              hop forwards them (forward.c); drop: names left out of them.
  *              trace: the current request's X-Request-ID and traceparent
@@ -78,13 +82,75 @@ static mg_fetch *check_fetch(lua_State *L) { return mg_lua_check_fetch(L, 1); }
  * Lua: two fresh strings per call, one of them interned into a hash chain
  * that every answer id shares. */
 static int trace_lines(mg_request *req, mg_buf *out) {
-  out->len = 0;
   mg_buf_append(out, "X-Request-ID: ", 14);
   mg_buf_appends(out, req->id);
   mg_buf_append(out, "\ntraceparent: ", 14);
   mg_buf_append(out, mg_forward_traceparent(req), 55);
   mg_buf_append(out, "\n", 1);
   return 2;
+}
+
+/* Points lines[] at the "Name: value\n" lines of [p, p + len); returns how many. */
+static int split_lines(const char *p, size_t len, mg_fetch_line *lines) {
+  int n = 0;
+  for (const char *end = p + len; p < end; n++) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    lines[n].p = p;
+    lines[n].len = (size_t)(eol - p);
+    p = eol + 1;
+  }
+  return n;
+}
+
+/* One "name: value\n" line for the value at idx (a string, a number or a
+ * boolean) into out. */
+static void pair_line(lua_State *L, mg_buf *out, const char *name, size_t nlen, int idx) {
+  size_t vlen;
+  const char *v;
+  if (lua_type(L, idx) == LUA_TBOOLEAN) {
+    v = lua_toboolean(L, idx) ? "true" : "false";
+    vlen = strlen(v);
+  } else if (lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER) {
+    v = lua_tolstring(L, idx, &vlen);       /* a number converts in place: idx is a value slot */
+  } else {
+    luaL_error(L, "fetch: header %s: value must be a string, a number, a boolean or a list of them", name);
+    return;
+  }
+  if (memchr(name, '\r', nlen) || memchr(name, '\n', nlen) || memchr(name, ':', nlen) ||
+      memchr(v, '\r', vlen) || memchr(v, '\n', vlen))
+    luaL_error(L, "fetch: header %s: CR, LF (or a colon in the name) not allowed", name);
+  mg_buf_append(out, name, nlen);
+  mg_buf_append(out, ": ", 2);
+  mg_buf_append(out, v, vlen);
+  mg_buf_append(out, "\n", 1);
+}
+
+/* The name = value pairs of the headers table at t (a list value gives one
+ * line per element), into out; returns how many lines. Integer keys are the
+ * table's list of ready lines, read separately. */
+static int pair_lines(lua_State *L, int t, mg_buf *out) {
+  int n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      size_t nlen;
+      const char *name = lua_tolstring(L, -2, &nlen);
+      if (lua_istable(L, -1)) {
+        int k = (int)lua_objlen(L, -1);
+        for (int i = 1; i <= k; i++) {
+          lua_rawgeti(L, -1, i);
+          pair_line(L, out, name, nlen, lua_gettop(L));
+          lua_pop(L, 1);
+          n++;
+        }
+      } else {
+        pair_line(L, out, name, nlen, lua_gettop(L));
+        n++;
+      }
+    }
+    lua_pop(L, 1);
+  }
+  return n;
 }
 
 /* The forwarded lines (forward = true), "Name: value\n" each, in the
@@ -106,7 +172,6 @@ static int forward_lines(lua_State *L, mg_coctx *cx, mg_buf *out) {
     drop.n = n;
   }
   lua_pop(L, 1);
-  out->len = 0;
   mg_forward_request_lines(cx->req, &drop, out);
   int n = 0;
   if (out->len == 0) return 0;
@@ -155,57 +220,44 @@ static int l_fetch(lua_State *L) {
   /* url, method and body stay on the stack (so their strings stay alive)
    * until mg_fetch_start has copied them. */
 
-  /* Headers: the forwarded ones, then a list of "Name: value" lines,
+  /* Headers, in this order: the forwarded ones (forward = true), the
+   * table's list of "Name: value" lines, its name = value pairs, the trace
+   * lines. Forwarded, pair and trace lines are made in the worker's scratch
+   * buffer; pointers into it are taken once it has stopped growing. All is
    * checked before anything starts. */
   mg_fetch_line stack_lines[48], *lines = stack_lines;
-  int nfwd = 0;
   mg_buf *fwd = &w->fwdbuf;
+  fwd->len = 0;
+  int nfwd = 0, nlist = 0, nmade = 0;
   get_opt(L, OPT_FORWARD);
   if (lua_toboolean(L, -1)) nfwd = forward_lines(L, cx, fwd);   /* with both lines of trace */
   lua_pop(L, 1);
-  int ntrace = 0;
-  get_opt(L, OPT_TRACE);
-  if (lua_toboolean(L, -1) && !nfwd && cx->req) ntrace = trace_lines(cx->req, fwd);
-  lua_pop(L, 1);
+  size_t fwd_end = fwd->len;
   get_opt(L, OPT_HEADERS);
-  {
-    int n = nfwd + ntrace + (lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0);
-    if (n > (int)(sizeof stack_lines / sizeof *stack_lines)) {
-      /* A userdata: collected with the call's stack, even if we raise. */
-      lines = lua_newuserdata(L, (size_t)n * sizeof *lines);
-      lua_insert(L, -2);
-    }
-    for (const char *p = fwd->data, *end = p + (nfwd ? fwd->len : 0); p < end; ) {
-      const char *eol = memchr(p, '\n', (size_t)(end - p));
-      lines[spec.nheaders].p = p;
-      lines[spec.nheaders].len = (size_t)(eol - p);
-      spec.nheaders++;
-      p = eol + 1;
-    }
+  int tbl = lua_gettop(L);
+  if (lua_istable(L, tbl)) {
+    nlist = (int)lua_objlen(L, tbl);
+    nmade = pair_lines(L, tbl, fwd);
   }
-  if (lua_istable(L, -1)) {
-    int n = (int)lua_objlen(L, -1);
-    luaL_checkstack(L, n + 8, "fetch: too many headers");
-    int tbl = lua_gettop(L);
-    for (int i = 1; i <= n; i++) {
-      lua_rawgeti(L, tbl, i);   /* left on the stack: keeps a converted number alive */
-      size_t hl;
-      const char *h = lua_tolstring(L, -1, &hl);
-      if (!h || memchr(h, '\r', hl) || memchr(h, '\n', hl))
-        luaL_error(L, "fetch: headers[%d] must be a \"Name: value\" string without CR/LF", i);
-      lines[spec.nheaders].p = h;
-      lines[spec.nheaders].len = hl;
-      spec.nheaders++;
-    }
-  }
-  /* The trace lines go after the caller's, where Lua used to add them. */
-  for (const char *p = fwd->data, *end = p + (ntrace ? fwd->len : 0); p < end; ) {
-    const char *eol = memchr(p, '\n', (size_t)(end - p));
-    lines[spec.nheaders].p = p;
-    lines[spec.nheaders].len = (size_t)(eol - p);
+  get_opt(L, OPT_TRACE);
+  if (lua_toboolean(L, -1) && !nfwd && cx->req) nmade += trace_lines(cx->req, fwd);
+  lua_pop(L, 1);
+  int n = nfwd + nlist + nmade;
+  if (n > (int)(sizeof stack_lines / sizeof *stack_lines))
+    lines = lua_newuserdata(L, (size_t)n * sizeof *lines);   /* on the stack until the call ends */
+  luaL_checkstack(L, nlist + 8, "fetch: too many headers");
+  spec.nheaders += split_lines(fwd->data, fwd_end, lines + spec.nheaders);
+  for (int i = 1; i <= nlist; i++) {
+    lua_rawgeti(L, tbl, i);   /* left on the stack: keeps a converted number alive */
+    size_t hl;
+    const char *h = lua_tolstring(L, -1, &hl);
+    if (!h || memchr(h, '\r', hl) || memchr(h, '\n', hl))
+      luaL_error(L, "fetch: headers[%d] must be a \"Name: value\" string without CR/LF", i);
+    lines[spec.nheaders].p = h;
+    lines[spec.nheaders].len = hl;
     spec.nheaders++;
-    p = eol + 1;
   }
+  spec.nheaders += split_lines(fwd->data + fwd_end, fwd->len - fwd_end, lines + spec.nheaders);
   spec.headers = lines;
   spec.connect_timeout_ms = opt_ms(L, OPT_CONNECT_TIMEOUT, 5000);
   spec.timeout_ms = opt_ms(L, OPT_TIMEOUT, 60000);

@@ -64,11 +64,7 @@ local function add_lines(into, k, v)
   end
 end
 
-local function header_lines(map, into)
-  into = into or {}
-  for k, v in pairs(map) do add_lines(into, k, v) end
-  return into
-end
+local NO_LINES = {}
 
 -- URL targets are split once each: a caller (the AI relay, say) fetches the
 -- same few URLs over and over. Bounded: emptied at MAX_URLS entries.
@@ -168,13 +164,18 @@ function methods.fetch(r, target, opts)
   if path == "" and not up and rest == "" then path = "/" end
   local q = opts.query and encode_query(opts.query) or ""
   local pq = path .. (q ~= "" and ((path:find("?", 1, true) and "&" or "?") .. q) or "")
-  local headers = {}
+  -- The caller's { name = value } map goes to the C side as it is (it makes
+  -- the lines); with opts.json, Content-Type comes first, in a copy.
+  local headers = opts.headers
   local body = opts.body
   if opts.json ~= nil then
     body = cjson.encode(opts.json)
-    headers[#headers + 1] = "Content-Type: application/json"
+    local h = { "Content-Type: application/json" }
+    for k, v in pairs(headers or NO_LINES) do
+      if type(k) == "string" then h[k] = v end
+    end
+    headers = h
   end
-  if opts.headers then header_lines(opts.headers, headers) end
   -- X-Request-ID and traceparent follow (trace = true): added by the C side.
   local method = opts.method or (body and "POST" or "GET")
   local timeout = opts.timeout and opts.timeout * 1000
@@ -208,7 +209,6 @@ function methods.fetch(r, target, opts)
   return setmetatable({ status = status, headers = rh, body = data }, Response)
 end
 
-local NO_LINES = {}
 
 -- What the handler's and policies' rewrites change in the forwarded head:
 -- header lines to add and lower-case names to leave out of the client's.

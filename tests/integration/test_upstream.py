@@ -700,6 +700,20 @@ FETCH_ROUTES = r'''
         if not res then return 502, kind end
         return 200, { status = res.status, json_nil = res:json() == nil, body = res.body }
       end },
+    { "GET", "/f/headers", function(req)
+        local out = {}
+        for _, target in ipairs({ "up", "ABS/ok/echo" }) do
+          local res, kind = req:fetch(target, { path = target == "up" and "/ok/echo" or nil,
+            headers = { ["X-Num"] = 42, ["X-List"] = { "a", "b" }, ["X-Flag"] = true, ["X-Plain"] = "p" } })
+          if not res then return 502, kind end
+          out[#out + 1] = res:json().headers
+        end
+        local res = req:fetch("ABS/ok/echo", { json = { x = 1 }, headers = { ["X-Extra"] = "e" } })
+        out[#out + 1] = res:json().headers
+        local ok, err = pcall(req.fetch, req, "ABS/ok/echo", { headers = { ["X-Bad"] = "a\r\nInjected: 1" } })
+        out[#out + 1] = { ok = ok, err = tostring(err) }
+        return 200, out
+      end },
 '''
 
 
@@ -728,6 +742,22 @@ def test_fetch_after_proxy_sends_only_its_own_headers(fetch_gw):
             h = e.json()["headers"]
             assert "x-leak" not in h and "x-forwarded-for" not in h, h
             assert h.get("x-request-id") and h.get("traceparent")
+
+
+def test_fetch_headers_map_values_and_refusals(fetch_gw):
+    """opts.headers is a { name = value } map: numbers and booleans as text,
+    a list as one line per element, after a json body's Content-Type; a
+    value with CR/LF raises (no header injection)."""
+    g, u = fetch_gw
+    r = requests.get(g.url("/f/headers"))
+    assert r.status_code == 200, r.text
+    via_upstream, via_url, with_json, bad = r.json()
+    for h in (via_upstream, via_url):
+        assert h["x-num"] == "42" and h["x-flag"] == "true" and h["x-plain"] == "p", h
+        assert h["x-list"] in ("a, b", ["a", "b"]), h
+        assert h.get("x-request-id") and TRACEPARENT_RE.match(h["traceparent"]), h
+    assert with_json["content-type"] == "application/json" and with_json["x-extra"] == "e", with_json
+    assert bad["ok"] is False and "CR" in bad["err"], bad
 
 
 def test_fetch_json_body_and_query_table(fetch_gw):
