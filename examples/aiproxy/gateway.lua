@@ -49,11 +49,6 @@ return {
   listen = listen,
   workers = "auto",
   limits = { headers = "32k", body = "16m" },    -- chat bodies carry images (base64)
-  -- A relayed request allocates ~4 KB of Lua objects and log rows stay in
-  -- memory until their batch is flushed: collecting when the heap is 4x (not
-  -- LuaJIT's 2x) what the last cycle kept does less collector work per
-  -- request (~1.5 us, bench/README.md) for ~17 MB more per worker.
-  gc_pause = 400,
   policy_paths = { "policies" },
   -- Admin answers use the seed's envelope {"success": false, "message": ...};
   -- the relay's routes replace it with OpenAI's error shape.
