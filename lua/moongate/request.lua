@@ -82,10 +82,15 @@ local function encode_query(args)
   return table.concat(parts, "&")
 end
 
+-- req.ctx starts with room for four keys: request-id, an auth policy and
+-- the proxy each add one or two, and growing a table from empty rehashes it
+-- at 1, 2 and 4 keys.
+local new_table = require "table.new"
+
 local lazy = {
   query = function(r) return parse_query(r.query_string) end,
   headers = function(r) return setmetatable({ r }, HeadersMT) end,
-  ctx = function() return {} end,
+  ctx = function() return new_table(0, 4) end,
   params = function() return {} end,       -- routes without parameters
   upstream_headers = function() return {} end,
 }
