@@ -446,3 +446,39 @@ def test_gc_pause_is_set_in_every_worker(gateway):
         assert requests.get(g.url("/pause")).json() == {"pause": 400}
     d = gateway(GC_PAUSE % "")
     assert requests.get(d.url("/pause")).json() == {"pause": 200}   # LuaJIT's default
+
+
+SET_HEADERS = """
+return {
+  listen = "127.0.0.1:8080",
+  routes = {
+    { "GET", "/mine", function(req)
+        return 200, "hi", { ["x-request-id"] = "mine", ["X-Kept"] = "k" }
+      end },
+    { "GET", "/csv", function(req)
+        req:set_response_header("Content-Type", "text/csv")
+        req:set_response_header("X-Extra", 7)
+        return 200, "a,b\\n", { ["content-type"] = "text/plain" }
+      end },
+  },
+}
+"""
+
+
+def test_set_response_headers_replace_a_handlers_own_in_any_case(gateway):
+    g = gateway(SET_HEADERS)
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+        s.sendall(b"GET /mine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode().lower()
+    assert head.count("x-request-id:") == 1, head       # request-id's, not the handler's too
+    assert "x-request-id: mine" not in head and "x-kept: k" in head, head
+    assert "content-type: text/plain" in head, head
+    r = requests.get(g.url("/csv"))
+    assert r.headers["Content-Type"] == "text/csv" and r.headers["X-Extra"] == "7"
+    assert r.text == "a,b\n"
