@@ -230,7 +230,8 @@ static int l_fetch(lua_State *L) {
   fwd->len = 0;
   int nfwd = 0, nlist = 0, nmade = 0;
   get_opt(L, OPT_FORWARD);
-  if (lua_toboolean(L, -1)) nfwd = forward_lines(L, cx, fwd);   /* with both lines of trace */
+  int forward = lua_toboolean(L, -1);
+  if (forward) nfwd = forward_lines(L, cx, fwd);   /* trace's two lines among them, unless dropped */
   lua_pop(L, 1);
   size_t fwd_end = fwd->len;
   get_opt(L, OPT_HEADERS);
@@ -240,7 +241,7 @@ static int l_fetch(lua_State *L) {
     nmade = pair_lines(L, tbl, fwd);
   }
   get_opt(L, OPT_TRACE);
-  if (lua_toboolean(L, -1) && !nfwd && cx->req) nmade += trace_lines(cx->req, fwd);
+  if (lua_toboolean(L, -1) && !forward && cx->req) nmade += trace_lines(cx->req, fwd);
   lua_pop(L, 1);
   int n = nfwd + nlist + nmade;
   if (n > (int)(sizeof stack_lines / sizeof *stack_lines))

@@ -700,6 +700,19 @@ FETCH_ROUTES = r'''
         if not res then return 502, kind end
         return 200, { status = res.status, json_nil = res:json() == nil, body = res.body }
       end },
+    { "GET", "/f/forward-dropped", function(req)
+        -- forward = true decides, even with every forwarded line dropped:
+        -- trace = true adds nothing then (the caller dropped those names).
+        local core = require "moongate.core"
+        local h = core.fetch({ url = "ABS/ok/echo", forward = true, trace = true,
+          drop = { "host", "user-agent", "accept-encoding", "accept", "x-forwarded-for",
+                   "x-forwarded-proto", "x-forwarded-host", "x-request-id", "traceparent" } })
+        local upstream = require "moongate.upstream"
+        upstream.wait_head(h)
+        local body = upstream.read_all(h)
+        h:close()
+        return 200, body, { ["Content-Type"] = "application/json" }
+      end },
     { "GET", "/f/headers", function(req)
         local out = {}
         for _, target in ipairs({ "up", "ABS/ok/echo" }) do
@@ -742,6 +755,14 @@ def test_fetch_after_proxy_sends_only_its_own_headers(fetch_gw):
             h = e.json()["headers"]
             assert "x-leak" not in h and "x-forwarded-for" not in h, h
             assert h.get("x-request-id") and h.get("traceparent")
+
+
+def test_fetch_trace_adds_nothing_to_a_forward_that_dropped_those_names(fetch_gw):
+    g, u = fetch_gw
+    r = requests.get(g.url("/f/forward-dropped"))
+    assert r.status_code == 200, r.text
+    h = r.json()["headers"]
+    assert "x-request-id" not in h and "traceparent" not in h, h
 
 
 def test_fetch_headers_map_values_and_refusals(fetch_gw):
