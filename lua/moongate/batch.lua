@@ -23,10 +23,18 @@
 --     memory_rows = 10000,          -- rows held in memory before they go to the spool (default 10000)
 --     spool_dir = "spool",          -- see below
 --     spool_limit = "64m",          -- bytes of spool per queue and worker (default 64m)
+--     collect = nil,                -- optional: function() -> a list of rows (or nil)
 --   }
 --   logs:push({ request_id = req.id, tokens = 42 })  -- never waits, never raises
 --   logs:stats()      -- { pending, spooled_rows, spooled_bytes, dropped, flushed, failures }
 --   logs:flush_now()  -- flush in the calling coroutine (may wait): true | nil, err
+--
+-- collect is for an application that gathers rows its own way before they
+-- are queued (packing many rows into one, say, so that nothing of them stays
+-- behind as Lua tables): the queue calls it on every timer tick (at most
+-- 0.1 s apart), before every flush run, and when it hands over or closes, and
+-- pushes what it returns -- so such rows are as safe as pushed ones from
+-- the moment collect hands them over. An error in collect is logged.
 --
 -- How it works, per worker (each worker has its own Lua state and queue):
 --   * push appends to a Lua list: no syscall. Every `interval` seconds (or as
@@ -237,6 +245,25 @@ function Q:_append(w, rows, i, j, key)
   return w
 end
 
+-- Forgets the oldest n rows in memory. What stays is moved down to start
+-- at 1 when that is cheap (no more rows than the slots freed below them):
+-- memory stays a list from 1, which LuaJIT keeps in the table's array part.
+-- Under steady load a flush seldom takes every row, and indexes growing
+-- without end would live in the table's hash part, rehashed over and over.
+function Q:_forget(n)
+  local mem, from, mt = self.mem, self.mh + n, self.mt
+  for k = self.mh, from - 1 do mem[k] = nil end
+  local rest = mt - from + 1
+  if rest <= 0 then
+    self.mh, self.mt = 1, 0
+  elseif rest < from then                    -- 1..rest lies below from..mt
+    for i = 1, rest do mem[i], mem[from + i - 1] = mem[from + i - 1], nil end
+    self.mh, self.mt = 1, rest
+  else
+    self.mh = from
+  end
+end
+
 -- The oldest `n` rows in memory (all of them when n is nil) go to the end of
 -- the writer: they are newer than anything spooled before, older than what
 -- stays in memory.
@@ -244,9 +271,7 @@ function Q:_spill(n)
   if self.mt < self.mh then return end
   local last = n and min(self.mt, self.mh + n - 1) or self.mt
   self.writer = self:_append(self.writer, self.mem, self.mh, last)
-  for k = self.mh, last do self.mem[k] = nil end
-  self.mh = last + 1
-  if self.mh > self.mt then self.mh, self.mt = 1, 0 end
+  self:_forget(last - self.mh + 1)
 end
 
 -- Adds a claimed file to the replay list, ordered by key; never before the
@@ -386,9 +411,8 @@ end
 function Q:_take_memory()
   local n = min(self.max_rows, self.mt - self.mh + 1)
   local rows, mem, mh = {}, self.mem, self.mh
-  for i = 1, n do rows[i] = mem[mh + i - 1]; mem[mh + i - 1] = nil end
-  self.mh = mh + n
-  if self.mh > self.mt then self.mh, self.mt = 1, 0 end
+  for i = 1, n do rows[i] = mem[mh + i - 1] end
+  self:_forget(n)
   return { rows = rows, n = n, key = self:_next_key() }
 end
 
@@ -475,6 +499,7 @@ end
 -- memory when the run started; rows pushed meanwhile wait for the next
 -- interval unless they make a full batch.
 function Q:_run()
+  self:_collect()
   self.busy = true
   local started = now()
   local want, taken = self.mt - self.mh + 1, 0
@@ -507,7 +532,9 @@ function Q:_run()
 end
 
 function Q:_tick()
-  if self.busy or self.closed or self.retired then return end
+  if self.closed or self.retired then return end
+  self:_collect()
+  if self.busy then return end
   local t = now()
   if t >= self.scan_at then
     self.scan_at = t + SCAN_EVERY
@@ -525,6 +552,7 @@ end
 -- process: the batch in flight, memory, the file being written, the files
 -- being replayed. Never waits.
 function Q:_handover()
+  self:_collect()
   local b = self.inflight
   self.inflight = nil
   if b and not b.file then self:_spool_batch(b) end
@@ -542,6 +570,7 @@ end
 -- Close hook: the state is closing; a flush that is waiting never resumes.
 function Q:_close()
   if self.closed then return end
+  self:_collect()                          -- while pushing can still reach the spool
   self.closed = true
   if self.disk then self:_handover() end
 end
@@ -552,6 +581,23 @@ end
 function Q:_retire()
   self.retired = true
   if not self.busy and self.disk and not self.closed then self:_handover() end
+end
+
+-- The rows the application gathered itself (the collect option) join the
+-- queue.
+function Q:_collect()
+  local collect = self.collect
+  if not collect then return end
+  local ok, rows = pcall(collect)
+  if not ok then
+    log(self, "error", "collect: " .. tostring(rows))
+  elseif type(rows) == "table" then
+    for i = 1, #rows do
+      local row = rows[i]
+      if type(row) == "table" then self:push(row)
+      else log(self, "error", "collect: expected a list of tables, got a " .. type(row) .. " in it") end
+    end
+  end
 end
 
 -- ---- public API ------------------------------------------------------------
@@ -567,8 +613,7 @@ function Q:push(row)
     if self.disk and not self.closed then
       self:_spill(self.max_rows)          -- a bounded write, not all of memory at once
     else                               -- no disk here: keep the newest
-      self.mem[self.mh] = nil
-      self.mh = self.mh + 1
+      self:_forget(1)
       self:_count_drop(1, "memory_rows reached with no spool")
     end
   end
@@ -610,7 +655,7 @@ end
 function M.new(o)
   check(type(o) == "table", "expected a table of options, got %s", type(o))
   local known = { name = true, flush = true, interval = true, max_rows = true,
-                  memory_rows = true, spool_dir = true, spool_limit = true }
+                  memory_rows = true, spool_dir = true, spool_limit = true, collect = true }
   for k in pairs(o) do check(known[k], "unknown option %s", tostring(k)) end
   check(type(o.name) == "string", "name: required, a string like \"app-logs\", got %s", type(o.name))
   check(o.name:match("^[%w_.%-]+$") ~= nil, "name: only letters, digits, _ . - allowed, got %q", o.name)
@@ -618,6 +663,8 @@ function M.new(o)
   check(not used_names[o.name] or core.timer == nil,
         "name: %q is already used by another queue", o.name)
   check(type(o.flush) == "function", "flush: required, a function(rows), got %s", type(o.flush))
+  check(o.collect == nil or type(o.collect) == "function", "collect: expected a function, got %s",
+        type(o.collect))
   local interval = o.interval == nil and 1 or o.interval
   check(type(interval) == "number" and interval > 0, "interval: expected seconds > 0, got %s",
         tostring(interval))
@@ -638,7 +685,7 @@ function M.new(o)
   local worker = tonumber((package.loaded["moongate.config"] or {}).worker_id) or 0
   if worker < 0 then worker = 0 end
   local q = setmetatable({
-    name = o.name, flush = o.flush, interval = interval, max_rows = max_rows,
+    name = o.name, flush = o.flush, collect = o.collect, interval = interval, max_rows = max_rows,
     memory_rows = memory_rows, dir = resolve_dir(o.spool_dir), limit = limit, worker = worker,
     owner = string.format("p%ss%sw%dr%s", SELF_PID, SELF_START, worker, core.random_hex(8)),
     mem = {}, mh = 1, mt = 0, replay = {}, writer = nil, inflight = nil,

@@ -273,6 +273,20 @@ def test_400_is_not_retried(app, mock):
     assert one_log(app, r)["code"] == 400
 
 
+def test_a_400_after_a_retry_logs_the_retry(app, mock):
+    m = uniq()
+    channel(app, mock.url(), [m], key="mock-fault-500", priority=1000)
+    channel(app, mock.url(), [m], key="mock-fault-400", priority=1)
+    t = token(app)
+    before = mock.stats()["by_key"].get("mock-fault-500", 0)
+    r = chat(app, t, m)
+    assert r.status_code == 400
+    # Priority 1000 against 1: the failing channel comes first but for one
+    # time in a thousand; the row counts whatever happened.
+    tried = mock.stats()["by_key"].get("mock-fault-500", 0) - before
+    assert one_log(app, r)["retries"] == tried
+
+
 def test_fallback_model_when_every_channel_fails(app, mock):
     m, fb = uniq(), uniq("fallback")
     channel(app, mock.url(), [m], key="mock-fault-500")

@@ -55,6 +55,7 @@ test("misuse raises at batch.new", function()
   raises(function() batch.new{ name = "x", flush = f, spool_limit = "lots" } end, "spool_limit")
   raises(function() batch.new{ name = "x", flush = f, spool_dir = 5 } end, "spool_dir")
   raises(function() batch.new{ name = "x", flush = f, intervall = 1 } end, "unknown option intervall")
+  raises(function() batch.new{ name = "x", flush = f, collect = {} } end, "collect: expected a function")
   local q = batch.new{ name = "ok.name-1_x", flush = f, spool_dir = tmpdir() }
   raises(function() q:push("not a table") end, "expected a table")
 end)
@@ -229,6 +230,62 @@ test("retire hook: the backlog is handed over at once, later rows at close", fun
   eq(s2.got, { 1, 2, 3 })
   eq(files(dir), {})
   rmdir(dir)
+end)
+
+test("memory stays a list from 1 when flushes leave rows behind (order kept)", function()
+  local s = sink()
+  local q = batch.new{ name = "steady", flush = s.flush, max_rows = 10, spool_dir = tmpdir() }
+  local n = 0
+  for round = 1, 50 do                  -- a steady backlog: 3 rows are always left behind
+    for _ = 1, round == 1 and 13 or 10 do n = n + 1; q:push({ n = n }) end
+    local b = q:_take_memory()
+    for _, r in ipairs(b.rows) do s.got[#s.got + 1] = r.n end
+    eq(q.mt - q.mh + 1, 3)
+    assert(q.mt <= 30, "memory index grew to " .. q.mt)
+  end
+  eq(q:flush_now(), true)
+  eq(s.got, seq(1, n))
+end)
+
+test("collect: what the application gathered joins the queue at flushes and at close", function()
+  local dir = tmpdir()
+  local s = sink()
+  local gathered = {}
+  local q = batch.new{ name = "packs", flush = s.flush, spool_dir = dir,
+                       collect = function()
+                         local out = gathered
+                         gathered = {}
+                         return out
+                       end }
+  gathered = { { n = 1 }, { n = 2 } }
+  q:push({ n = 0 })
+  eq(q:flush_now(), true)              -- pushed rows first, then the collected ones
+  eq(s.got, { 0, 1, 2 })
+  gathered = { { n = 3 } }
+  q:_close()                           -- still gathered at close: spooled for the next generation
+  local s2 = sink()
+  local q2 = batch.new{ name = "packs", flush = s2.flush, spool_dir = dir }
+  eq(q2:flush_now(), true)
+  eq(s2.got, { 3 })
+  eq(files(dir), {})
+  rmdir(dir)
+end)
+
+test("collect: an error or a bad value is logged and the queue goes on", function()
+  local s = sink()
+  local mode = "raise"
+  local q = batch.new{ name = "badcollect", flush = s.flush, spool_dir = tmpdir(),
+                       collect = function()
+                         if mode == "raise" then error("collect failed") end
+                         if mode == "junk" then return { "not a row", { n = 7 } } end
+                       end }
+  q:push({ n = 1 })
+  eq(q:flush_now(), true)
+  mode = "junk"
+  eq(q:flush_now(), true)
+  mode = nil
+  eq(q:flush_now(), true)
+  eq(s.got, { 1, 7 })
 end)
 
 test("files of a dead process are claimed; other names and live owners are left alone", function()

@@ -238,7 +238,8 @@ local function answer_text(st)
   return a.body
 end
 
--- The request's log row is finished and queued (one per relayed request).
+-- The request's log row is finished and queued (one per relayed request);
+-- it is packed as it is pushed, so nothing may change it afterwards.
 -- These helpers take the request's state table `st` rather than being
 -- closures: a closure made per request keeps LuaJIT from compiling the relay.
 local function log(st, code, content)
@@ -359,9 +360,9 @@ local function relay(req, ep)
         local message = upstream_message(res.status, text)
         if NOT_RETRIED[res.status] then
           catalog.record(ch.id, true)
+          row.retries = attempts - 1
           log(st, res.status, message)
           limits.correct(reservation, 0)
-          row.retries = attempts - 1
           return { status = res.status, raw = true, body = text,
                    headers = { ["Content-Type"] = res.headers["content-type"] or "application/json" } }
         end
