@@ -147,6 +147,18 @@ function methods.set_header(r, name, value)
   o[name:lower()] = value or false
 end
 
+-- Removes from t the keys that are `name` in another case (names of another
+-- length are not lowered: no string is made for them).
+local function drop_other_spellings(t, name)
+  local n, lname = #name, nil
+  for k in pairs(t) do
+    if type(k) == "string" and #k == n and k ~= name then
+      lname = lname or name:lower()
+      if k:lower() == lname then t[k] = nil end
+    end
+  end
+end
+
 -- A header on this request's answer, whatever produces it (handler, proxy,
 -- policy, error): set after the response policies ran, replacing a header of
 -- the same name (any case). A proxied answer keeps being relayed from C: its
@@ -159,21 +171,26 @@ function methods.set_response_header(r, name, value)
   end
   local sets = rawget(r, "_resp_set")
   if not sets then sets = {}; r._resp_set = sets end
-  local lname = name:lower()
-  for k in pairs(sets) do if k:lower() == lname then sets[k] = nil end end
+  drop_other_spellings(sets, name)
   sets[name] = value
 end
 
 -- Puts the request's set_response_header() headers into a headers table.
+-- One header (request-id's) is the usual case: one loop, not a loop in a
+-- loop, which LuaJIT gave up compiling here (and ran in its interpreter).
 local function apply_response_headers(r, headers)
   local sets = rawget(r, "_resp_set")
   if not sets then return end
-  for name, value in pairs(sets) do
-    local lname = name:lower()
-    for k in pairs(headers) do
-      if type(k) == "string" and k:lower() == lname then headers[k] = nil end
-    end
+  local name, value = next(sets)
+  if name == nil then return end
+  if next(sets, name) == nil then
+    drop_other_spellings(headers, name)
     headers[name] = value
+    return
+  end
+  for n, v in pairs(sets) do
+    drop_other_spellings(headers, n)
+    headers[n] = v
   end
 end
 

@@ -457,6 +457,7 @@ return {
       end },
     { "GET", "/csv", function(req)
         req:set_response_header("Content-Type", "text/csv")
+        req:set_response_header("x-extra", 6)      -- replaced by the next, whatever the case
         req:set_response_header("X-Extra", 7)
         return 200, "a,b\\n", { ["content-type"] = "text/plain" }
       end },
