@@ -6,7 +6,9 @@
 --   target: an upstream name, or an absolute http(s) URL
 --   opts: method ("GET"), path ("/"), query (string or table), headers (table),
 --         body (string) or json (table, sent as application/json), timeout (seconds),
---         connect_timeout (seconds; URL targets only, upstreams have their own)
+--         connect_timeout (seconds; URL targets only, upstreams have their own);
+--         read before req:fetch waits, so a caller may refill one options
+--         table for every call (the AI relay does)
 --   res: { status, headers (lower-case names), body, json = function }
 --   opts.stream = true: res has no body; read it as it arrives with
 --     res:read() -> chunk | false (the end) | nil, kind, message
@@ -168,6 +170,7 @@ function methods.fetch(r, target, opts)
   -- the lines); with opts.json, Content-Type comes first, in a copy.
   local headers = opts.headers
   local body = opts.body
+  local stream = opts.stream
   if opts.json ~= nil then
     body = cjson.encode(opts.json)
     local h = { "Content-Type: application/json" }
@@ -183,7 +186,7 @@ function methods.fetch(r, target, opts)
   if up then
     h, t, status, rh = up:request({ method = method, path_and_query = pq, headers = headers,
                                     trace = true, body = body, key = opts.key, timeout = timeout,
-                                    request_id = r.id, status_only = opts.stream })
+                                    request_id = r.id, status_only = stream })
     if not h then return nil, t, status end          -- nil, kind, message
   else
     local kind, msg
@@ -193,11 +196,11 @@ function methods.fetch(r, target, opts)
     h, kind, msg = core.fetch(o)
     o.url, o.headers, o.body = nil, nil, nil          -- nothing kept alive by the shared table
     if not h then return nil, kind, msg end
-    if opts.stream then status, kind, msg = upstream.wait_status(h) else status, kind, msg = upstream.wait_head(h) end
+    if stream then status, kind, msg = upstream.wait_status(h) else status, kind, msg = upstream.wait_head(h) end
     if not status then h:close() return nil, kind, msg end
     rh = kind
   end
-  if opts.stream then
+  if stream then
     -- Two shapes, so that a URL target's answer carries no empty slots.
     return setmetatable(up and { status = status, _h = h, _hh = h, _up = up, _t = t }
                         or { status = status, _h = h, _hh = h }, Response)

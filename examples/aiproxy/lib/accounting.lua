@@ -9,6 +9,7 @@ local buffer = require "string.buffer"
 local core = require "moongate.core"
 local pg = require "moongate.postgres"
 local schema = require "lib.schema"
+local table_new = require "table.new"
 
 local M = {}
 
@@ -168,19 +169,32 @@ M.clean_text = core.clean_utf8
 -- unique without drawing 128 random bits per request.
 local uid_prefix, uid_count = core.random_hex(16), 0
 
--- A new row with the request's identity filled in.
+-- Rows are reused: push() packs a row and keeps the table for the next
+-- request (a fresh 23-field table was a third of what a relayed request
+-- allocated). So a row belongs to its request from row() to push() only.
+local free_rows, nfree = {}, 0
+local MAX_FREE = 256
+
+-- A row with the request's identity filled in.
 function M.row(req, tok, endpoint)
   uid_count = uid_count + 1
-  return {
-    uid = uid_prefix .. uid_count, request_id = req.id, created_at = math.floor(core.now() * 1000),
-    group_id = tok.group, token_id = tok.id, token_name = tok.name, model = "", upstream_model = "",
-    channel_id = 0, endpoint = endpoint, code = 0, content = "", prompt_tokens = 0,
-    completion_tokens = 0, total_tokens = 0, usage_estimated = false, amount = 0, latency_ms = 0,
-    ttfb_ms = 0, retries = 0, stream = false, client_aborted = false, ip = req.remote_addr,
-  }
+  local r = free_rows[nfree]
+  if r then
+    free_rows[nfree] = nil
+    nfree = nfree - 1
+  else
+    r = table_new(0, 23)
+  end
+  r.uid, r.request_id, r.created_at = uid_prefix .. uid_count, req.id, math.floor(core.now() * 1000)
+  r.group_id, r.token_id, r.token_name = tok.group, tok.id, tok.name
+  r.model, r.upstream_model, r.channel_id, r.endpoint = "", "", 0, endpoint
+  r.code, r.content, r.prompt_tokens, r.completion_tokens, r.total_tokens = 0, "", 0, 0, 0
+  r.usage_estimated, r.amount, r.latency_ms, r.ttfb_ms, r.retries = false, 0, 0, 0, 0
+  r.stream, r.client_aborted, r.ip = false, false, req.remote_addr
+  return r
 end
 
--- Queues a finished row: it is packed now (later changes to it are not seen).
+-- Queues a finished row: it is packed now, and the table goes back for reuse.
 function M.push(row)
   local content = row.content
   if content ~= "" then
@@ -194,6 +208,10 @@ function M.push(row)
   pack_row(row, packed > 0 and "," or "")
   packed = packed + 1
   if packed >= PACK_ROWS then M.queue:push(take_pack()) end
+  if nfree < MAX_FREE then
+    nfree = nfree + 1
+    free_rows[nfree] = row
+  end
 end
 
 return M

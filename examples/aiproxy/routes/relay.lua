@@ -35,6 +35,24 @@ local ENDPOINTS = {
 
 local function now_ms() return math.floor(core.now() * 1000) end
 
+-- The options of every channel call: one table, refilled (req:fetch reads
+-- them before it waits), not one more table per relayed request.
+local fetch_opts = { method = "POST", body = false, headers = false, timeout = false,
+                     connect_timeout = CONNECT_TIMEOUT, stream = true }
+
+-- Model names as JSON text, made once per name (bounded: a client may ask
+-- for any name).
+local json_strings, n_json_strings = {}, 0
+local function json_string(s)
+  local j = json_strings[s]
+  if not j then
+    if n_json_strings >= 1000 then json_strings, n_json_strings = {}, 0 end
+    j = cjson.encode(s)
+    json_strings[s], n_json_strings = j, n_json_strings + 1
+  end
+  return j
+end
+
 local NONE_TRIED = {}   -- no channel tried yet (never written: a set is made at the first try)
 
 -- The headers every request to a channel carries, made once per channel
@@ -234,8 +252,11 @@ end
 -- A non-streamed answer as text: it was held on the C side until now.
 local function answer_text(st)
   local a = st.answer
-  if type(a.body) ~= "string" then a.body = a.body:read_all() or "" end
-  return a.body
+  if type(a) ~= "string" then
+    a = a:read_all() or ""
+    st.answer = a
+  end
+  return a
 end
 
 -- The request's log row is finished and queued (one per relayed request);
@@ -338,15 +359,15 @@ local function relay(req, ep)
       attempts = attempts + 1
       local upstream_model = ch.model_mapping[m] or m
       row.channel_id, row.upstream_model = ch.id, upstream_model
-      local model_json = cjson.encode(upstream_model)
+      local model_json = json_string(upstream_model)
       local upstream_body = base
       if not json.member_is(base, "model", model_json) then
         upstream_body = json.set_member(base, "model", model_json) or base
       end
-      local res, kind, msg = req:fetch(ch.base_url .. ep.path, {
-        method = "POST", body = upstream_body, headers = channel_headers(ch),
-        timeout = mcfg.timeout, connect_timeout = CONNECT_TIMEOUT, stream = true,
-      })
+      local o = fetch_opts
+      o.body, o.headers, o.timeout = upstream_body, channel_headers(ch), mcfg.timeout
+      local res, kind, msg = req:fetch(ch.base_url .. ep.path, o)
+      o.body = false                             -- nothing kept alive by the shared table
       if not res then
         if kind == "closed" then return client_left(st, reservation) end
         catalog.record(ch.id, false)
@@ -392,11 +413,10 @@ local function relay(req, ep)
           catalog.record(ch.id, true)
           st.ttfb = now_ms() - t0
           usage_obj, ended = usage_json, "done"
-          st.answer = { status = 200, raw = true, body = res,
-                        headers = { ["Content-Type"] = "application/json" } }
+          st.answer = res                          -- held: sent from C, unless rewritten
           if model_json and model_json ~= '"' .. model .. '"' and cjson.decode(model_json) ~= model then
             local text = answer_text(st)
-            st.answer.body = json.set_member(text, "model", cjson.encode(model)) or text
+            st.answer = json.set_member(text, "model", cjson.encode(model)) or text
           end
           break
         end
@@ -456,7 +476,8 @@ local function relay(req, ep)
   else
     log(st, 200)
   end
-  return st.answer
+  if st.answer == nil then return end             -- streamed: already sent
+  return 200, st.answer, { ["Content-Type"] = "application/json" }
 end
 
 local H = {}
