@@ -31,10 +31,11 @@
 --
 -- collect is for an application that gathers rows its own way before they
 -- are queued (packing many rows into one, say, so that nothing of them stays
--- behind as Lua tables): the queue calls it on every timer tick (at most
--- 0.1 s apart), before every flush run, and when it hands over or closes, and
--- pushes what it returns -- so such rows are as safe as pushed ones from
--- the moment collect hands them over. An error in collect is logged.
+-- behind as Lua tables): the queue calls it when a flush is due (every
+-- interval), in flush_now, and when it hands over or closes, and pushes what
+-- it returns -- so gathered rows wait no longer than pushed ones, and are as
+-- safe from the moment collect hands them over. An error in collect is
+-- logged.
 --
 -- How it works, per worker (each worker has its own Lua state and queue):
 --   * push appends to a Lua list: no syscall. Every `interval` seconds (or as
@@ -499,7 +500,6 @@ end
 -- memory when the run started; rows pushed meanwhile wait for the next
 -- interval unless they make a full batch.
 function Q:_run()
-  self:_collect()
   self.busy = true
   local started = now()
   local want, taken = self.mt - self.mh + 1, 0
@@ -532,10 +532,9 @@ function Q:_run()
 end
 
 function Q:_tick()
-  if self.closed or self.retired then return end
-  self:_collect()
-  if self.busy then return end
+  if self.busy or self.closed or self.retired then return end
   local t = now()
+  if t >= self.next_at then self:_collect() end
   if t >= self.scan_at then
     self.scan_at = t + SCAN_EVERY
     self:_scan()
@@ -632,6 +631,7 @@ function Q:flush_now()
   while self.busy do core.sleep(0.01) end    -- one flush at a time
   if self.closed or self.retired then return nil, "retired" end
   self.scan_at = 0                           -- also pick up files left by others now
+  self:_collect()
   return self:_run()
 end
 

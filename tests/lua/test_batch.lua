@@ -247,7 +247,7 @@ test("memory stays a list from 1 when flushes leave rows behind (order kept)", f
   eq(s.got, seq(1, n))
 end)
 
-test("collect: what the application gathered joins the queue at flushes and at close", function()
+test("collect: what the application gathered joins the queue at flush_now and at close", function()
   local dir = tmpdir()
   local s = sink()
   local gathered = {}
@@ -269,6 +269,22 @@ test("collect: what the application gathered joins the queue at flushes and at c
   eq(s2.got, { 3 })
   eq(files(dir), {})
   rmdir(dir)
+end)
+
+test("collect: on the timer, only when a flush is due", function()
+  local s = sink()
+  local calls = 0
+  local q = batch.new{ name = "due", flush = s.flush, spool_dir = tmpdir(), interval = 60,
+                       collect = function()
+                         calls = calls + 1
+                         return { { n = calls } }
+                       end }
+  q:_tick()                            -- the interval has not passed
+  eq(calls, 0)
+  q.next_at = 0
+  q:_tick()
+  eq(calls, 1)
+  eq(s.got, { 1 })
 end)
 
 test("collect: an error or a bad value is logged and the queue goes on", function()

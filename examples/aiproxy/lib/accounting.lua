@@ -59,17 +59,17 @@ local FLUSH_SQL = "WITH ins AS (INSERT INTO logs (" .. M.COLUMNS .. ") SELECT * 
 
 -- Rows are packed as they are pushed: each column's values are written,
 -- as PostgreSQL array elements, into that column's string.buffer, and the
--- queue gets packs of up to PACK_ROWS rows -- { n = rows, cols = { text of
--- column 1, ... } } -- handed over by `collect` (every timer tick, at most
--- 0.1 s) or as soon as a pack is full. No row waits for its flush as a Lua
+-- queue gets packs of up to PACK_ROWS rows -- { n = rows, cols = { array
+-- literal of column 1, ... } } -- handed over by `collect` (when a flush is
+-- due) or as soon as a pack is full. No row waits for its flush as a Lua
 -- table: thousands of waiting 23-field tables made every garbage collection
 -- cycle longer and the heap bigger (bench/README.md: about 1.7 us per
 -- relayed request). A pack is JSON-shaped, so the spool keeps it as it keeps
 -- any row; its rows' uids keep a replayed pack from counting twice.
-local PACK_ROWS = 500
+local PACK_ROWS = 1000
 local NCOL = #COLUMNS
 local cols, packed = {}, 0
-for i = 1, NCOL do cols[i] = buffer.new() end
+for i = 1, NCOL do cols[i] = buffer.new():put("{") end
 
 -- Array elements: strings double-quoted with backslash and double quote
 -- escaped, integers whole, other numbers as Lua prints them, booleans t/f,
@@ -116,42 +116,40 @@ do
   pack_row = assert(loadstring(table.concat(src, "\n"), "=accounting.pack_row"))(cols, PUT)
 end
 
+-- A pack's columns are the statement's parameters as they are: each
+-- buffer holds "{" and its elements, and gets its "}" here (no copy of a
+-- pack's text is made between its rows and PostgreSQL).
 local function take_pack()
   local texts = {}
-  for k = 1, NCOL do texts[k] = cols[k]:tostring(); cols[k]:reset() end
+  for k = 1, NCOL do
+    texts[k] = cols[k]:put("}"):tostring()
+    cols[k]:reset():put("{")
+  end
   local pack = { n = packed, cols = texts }
   packed = 0
   return pack
 end
 
--- The statement's parameters for these packs: one array literal per column
--- (exposed for tests).
-function M.flush_params(packs)
-  local params, parts, n = {}, {}, #packs
-  for k = 1, NCOL do
-    for i = 1, n do parts[i] = packs[i].cols[k] end
-    params[k] = "{" .. table.concat(parts, ",", 1, n) .. "}"
-  end
-  return params
-end
-
+-- One statement per pack (the queue hands over one at a time: max_rows).
 local function flush(packs)
   local ok, err = schema.ensure()
   if not ok then return nil, err end
-  local res, e, state = pg.query(FLUSH_SQL, unpack(M.flush_params(packs)))
-  if not res then return nil, tostring(e) .. " (SQLSTATE " .. tostring(state) .. ")" end
+  for _, pack in ipairs(packs) do
+    local res, e, state = pg.query(FLUSH_SQL, unpack(pack.cols, 1, NCOL))
+    if not res then return nil, tostring(e) .. " (SQLSTATE " .. tostring(state) .. ")" end
+  end
   return true
 end
 
--- The queue's rows are packs: up to 2 per statement (1000 rows), up to 20
+-- The queue's rows are packs: one per statement (up to 1000 rows), up to 10
 -- (10000 rows) in memory before the oldest go to the spool.
 M.queue = batch.new{
   name = "aiproxy-logs",
   flush = flush,
   collect = function() if packed > 0 then return { take_pack() } end end,
   interval = tonumber(os.getenv("AIPROXY_LOG_FLUSH_INTERVAL") or "") or 1,
-  max_rows = 2,
-  memory_rows = 20,
+  max_rows = 1,
+  memory_rows = 10,
   spool_dir = os.getenv("AIPROXY_SPOOL_DIR"),
   spool_limit = os.getenv("AIPROXY_SPOOL_LIMIT") or "256m",
 }
