@@ -32,19 +32,11 @@ char *mg_xstrdup(const char *s) {
   return memcpy(mg_xmalloc(n), s, n);
 }
 
-void mg_buf_reserve(mg_buf *b, size_t extra) {
-  if (b->len + extra + 1 <= b->cap) return;
+void mg_buf_grow(mg_buf *b, size_t extra) {
   size_t cap = b->cap ? b->cap : 256;
   while (cap < b->len + extra + 1) cap *= 2;
   b->data = mg_xrealloc(b->data, cap);
   b->cap = cap;
-}
-
-void mg_buf_append(mg_buf *b, const void *p, size_t n) {
-  mg_buf_reserve(b, n);
-  memcpy(b->data + b->len, p, n);
-  b->len += n;
-  b->data[b->len] = '\0';
 }
 
 void mg_buf_appends(mg_buf *b, const char *s) { mg_buf_append(b, s, strlen(s)); }
