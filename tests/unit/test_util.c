@@ -328,6 +328,18 @@ static void json_escape_passes_utf8_through(void **state) {
   assert_escape("caf\xc3\xa9", 5, "caf\xc3\xa9");
 }
 
+/* Every byte value: kept as it is exactly when JSON allows it raw. */
+static void json_escape_every_byte(void **state) {
+  for (int c = 0; c < 256; c++) {
+    char ch = (char)c;
+    mg_buf b = {0};
+    mg_buf_json_escape(&b, &ch, 1);
+    int kept = b.len == 1 && b.data[0] == ch;
+    assert_int_equal(kept, c >= 0x20 && c != 0x7f && c != '"' && c != '\\');
+    mg_buf_free(&b);
+  }
+}
+
 static void json_escape_appends_and_terminates(void **state) {
   mg_buf b = {0};
   mg_buf_appends(&b, "{\"k\":\"");
@@ -422,6 +434,7 @@ int main(void) {
     cmocka_unit_test(json_escape_newline_return_tab),
     cmocka_unit_test(json_escape_other_control_chars_as_unicode),
     cmocka_unit_test(json_escape_passes_utf8_through),
+    cmocka_unit_test(json_escape_every_byte),
     cmocka_unit_test(json_escape_appends_and_terminates),
     cmocka_unit_test(json_escape_long_input_grows_buffer),
     cmocka_unit_test(strcaseeq_compares_length_and_case),
