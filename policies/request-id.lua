@@ -13,7 +13,7 @@ local function adopt(conf, req)
   if req.ctx.request_id_done then return end
   req.ctx.request_id_done = true
   if conf.trust_incoming then
-    local incoming = req.headers[conf.header]
+    local incoming = req:header(conf.header)      -- (req.headers would make its proxy table)
     if incoming and #incoming <= 200 and not incoming:find("[%c]") then
       req.id = incoming
       core.set_id(req._cx, req._sn, incoming)

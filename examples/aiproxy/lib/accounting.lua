@@ -100,6 +100,12 @@ local PUT = {
   ["double precision"] = put_any,
 }
 PUT.bigint = PUT.integer
+-- Text the relay made itself, which holds no quote or backslash: the uid
+-- (hex and digits), the endpoint (a route path) and the client's address.
+PUT.ours = function(out, sep, v)
+  if type(v) == "string" then out:put(sep, '"', v, '"') else put_any(out, sep, v) end
+end
+local OURS = { uid = true, endpoint = true, ip = true }
 
 -- pack_row(row, sep) writes one row, written out column by column from
 -- COLUMNS: a loop over the columns would take another path through the
@@ -110,7 +116,7 @@ local pack_row
 do
   local src = { "local cols, PUT = ...", "return function(r, sep)" }
   for k, c in ipairs(COLUMNS) do
-    src[#src + 1] = string.format("  PUT[%q](cols[%d], sep, r.%s)", c[2], k, c[1])
+    src[#src + 1] = string.format("  PUT[%q](cols[%d], sep, r.%s)", OURS[c[1]] and "ours" or c[2], k, c[1])
   end
   src[#src + 1] = "end"
   pack_row = assert(loadstring(table.concat(src, "\n"), "=accounting.pack_row"))(cols, PUT)
