@@ -100,12 +100,17 @@ local PUT = {
   ["double precision"] = put_any,
 }
 PUT.bigint = PUT.integer
--- Text the relay made itself, which holds no quote or backslash: the uid
--- (hex and digits), the endpoint (a route path) and the client's address.
+-- Text the relay made itself, which holds no quote or backslash: the
+-- endpoint (a route path) and the client's address.
 PUT.ours = function(out, sep, v)
   if type(v) == "string" then out:put(sep, '"', v, '"') else put_any(out, sep, v) end
 end
-local OURS = { uid = true, endpoint = true, ip = true }
+-- Row ids: random per Lua state (each worker, each reload) plus a counter,
+-- unique without drawing 128 random bits per request. A row holds its
+-- counter (row.uid); the text is written here, not made per request.
+local uid_prefix = core.random_hex(16)
+PUT.uid = function(out, sep, n) out:put(sep, '"', uid_prefix, n, '"') end
+local SPECIAL = { uid = "uid", endpoint = "ours", ip = "ours" }
 
 -- pack_row(row, sep) writes one row, written out column by column from
 -- COLUMNS: a loop over the columns would take another path through the
@@ -116,7 +121,7 @@ local pack_row
 do
   local src = { "local cols, PUT = ...", "return function(r, sep)" }
   for k, c in ipairs(COLUMNS) do
-    src[#src + 1] = string.format("  PUT[%q](cols[%d], sep, r.%s)", OURS[c[1]] and "ours" or c[2], k, c[1])
+    src[#src + 1] = string.format("  PUT[%q](cols[%d], sep, r.%s)", SPECIAL[c[1]] or c[2], k, c[1])
   end
   src[#src + 1] = "end"
   pack_row = assert(loadstring(table.concat(src, "\n"), "=accounting.pack_row"))(cols, PUT)
@@ -169,9 +174,7 @@ M.queue = batch.new{
 -- which PostgreSQL stored, or is the (cleaned) requested model.
 M.clean_text = core.clean_utf8
 
--- Row ids: random per Lua state (each worker, each reload) plus a counter,
--- unique without drawing 128 random bits per request.
-local uid_prefix, uid_count = core.random_hex(16), 0
+local uid_count = 0
 
 -- Rows are reused: push() packs a row and keeps the table for the next
 -- request (a fresh 23-field table was a third of what a relayed request
@@ -189,7 +192,7 @@ function M.row(req, tok, endpoint)
   else
     r = table_new(0, 23)
   end
-  r.uid, r.request_id, r.created_at = uid_prefix .. uid_count, req.id, math.floor(core.now() * 1000)
+  r.uid, r.request_id, r.created_at = uid_count, req.id, math.floor(core.now() * 1000)
   r.group_id, r.token_id, r.token_name = tok.group, tok.id, tok.name
   r.model, r.upstream_model, r.channel_id, r.endpoint = "", "", 0, endpoint
   r.code, r.content, r.prompt_tokens, r.completion_tokens, r.total_tokens = 0, "", 0, 0, 0
