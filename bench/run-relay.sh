@@ -239,6 +239,7 @@ LISTEN_ADDR="$HOST:$RELAY_PORT" \
 # read with a timeout, no process per look), so the report can say whether the
 # logging kept up in memory. Its CPU is negligible and counted as foreign.
 mkdir -p spool
+rm -f tmp/watch.fifo          # left by an earlier run in the same RUN_DIR
 mkfifo tmp/watch.fifo
 (
     exec 3<>tmp/watch.fifo
