@@ -63,13 +63,12 @@ local function make_res(status, body, headers, who)
   if headers ~= nil and type(headers) ~= "table" then
     error(who .. " returned headers that are not a table", 0)
   end
-  local res = { status = status, headers = headers or {} }
+  -- Made whole by one constructor each: a field added afterwards would
+  -- grow the table (one more allocation per request).
   if status >= 400 and (body == nil or type(body) == "string") then
-    res.error = body or message_for(status)
-  else
-    res.body = body
+    return { status = status, headers = headers or {}, error = body or message_for(status) }
   end
-  return res
+  return { status = status, headers = headers or {}, body = body }
 end
 
 local function run_response_phase(req, res)
