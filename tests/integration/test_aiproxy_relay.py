@@ -708,6 +708,33 @@ def test_bad_bodies_get_openai_errors(app, mock):
     assert r.json()["usage"]["prompt_tokens"] == (2 << 20) // 4
 
 
+def test_a_row_spooled_by_an_earlier_version_is_replayed(app, env):
+    # Before log rows were packed, the spool held one JSON row per line; a
+    # file left by such a process (here: a dead one, pid 0) is still written.
+    rid, m = "legacy-" + uniq(), uniq()
+    row = {"uid": "legacy-uid-" + rid, "request_id": rid, "created_at": int(time.time() * 1000),
+           "group_id": "legacy-group", "token_id": 0, "token_name": "old", "model": m,
+           "upstream_model": m, "channel_id": 0, "endpoint": "/v1/chat/completions", "code": 200,
+           "content": 'said "hi" \\ there', "prompt_tokens": 3, "completion_tokens": 4,
+           "total_tokens": 7, "usage_estimated": False, "amount": 0.25, "latency_ms": 12,
+           "ttfb_ms": 5, "retries": 0, "stream": False, "client_aborted": False, "ip": "127.0.0.1"}
+    spool = env["AIPROXY_SPOOL_DIR"]
+    os.makedirs(spool, exist_ok=True)
+    name = "aiproxy-logs.0000000000001.00000001.p0s5w0r%s.1.spool" % uuid.uuid4().hex[:8]
+    with open(os.path.join(spool, name + ".tmp"), "w") as f:
+        f.write(json.dumps(row) + "\n")
+    os.rename(os.path.join(spool, name + ".tmp"), os.path.join(spool, name))
+    deadline = time.time() + 10 * SLOW
+    rows = []
+    while not rows and time.time() < deadline:
+        rows = logs(app, rid, wait=False)
+        time.sleep(0.1)
+    assert len(rows) == 1, rows
+    got = rows[0]
+    assert got["model"] == m and got["code"] == 200 and got["total_tokens"] == 7
+    assert got["content"] == 'said "hi" \\ there' and got["amount"] == 0.25
+
+
 def test_log_rows_with_nul_or_invalid_utf8_are_written_not_stuck(app, mock):
     # PostgreSQL text refuses NUL and invalid UTF-8: one such value used to fail
     # its whole log batch on every retry, so no later row reached the table.
