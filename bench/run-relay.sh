@@ -6,6 +6,9 @@
 #   redis         redis-server, no persistence                               :REDIS_PORT
 #   mock          examples/mock-openai (one worker)                          :MOCK_PORT
 #   relay         build/moongate --workers 1 examples/aiproxy/gateway.lua    :RELAY_PORT
+#                 with AIPROXY_ACCESS_LOG=off (RELAY_ACCESS_LOG): nginx S3 runs with
+#                 access_log off, and the relay's per-request record is its log row
+#                 in PostgreSQL, which the run checks
 #   upstream      nginx, bench/conf/upstream-nginx.conf (run-anchors' S0)    :UPSTREAM_PORT
 #   nginx-s3      nginx + lua-nginx-module, bench/conf/nginx-gateway.conf    :NGINX_BASE+2 (S3)
 # creates through the admin API a group, a token, a channel to the mock and a
@@ -43,6 +46,7 @@
 #   RELAY_PORT=9501 MOCK_PORT=9502 TAP_PORT=9503 PG_PORT=9504 REDIS_PORT=9505
 #   UPSTREAM_PORT=9506 NGINX_BASE=9507 (nginx S1/S2/S3 on 9507/9508/9509)
 #   MOONGATE_BIN=<repo>/build/moongate  RELAY_CONFIG=<repo>/examples/aiproxy/gateway.lua
+#   RELAY_ACCESS_LOG=off   on: the relay also writes its access log (logs/relay.out)
 # Needs: build/moongate (builds nothing), nginx + libnginx-mod-http-lua,
 # wrk, curl, postgresql-15, redis-server, /usr/bin/python3. As root,
 # PostgreSQL runs as the postgres user (initdb refuses root).
@@ -68,6 +72,7 @@ FOREIGN_MAX="${FOREIGN_MAX:-5}"
 RETRIES="${RETRIES:-2}"
 CELLS="${CELLS:-relay nginx-s3 mock upstream}"
 SKIP_SSE="${SKIP_SSE:-0}"
+RELAY_ACCESS_LOG="${RELAY_ACCESS_LOG:-off}"
 SSE_STREAMS="${SSE_STREAMS:-10}"
 SSE_CHUNKS="${SSE_CHUNKS:-200}"
 SSE_DELAY_MS="${SSE_DELAY_MS:-5}"
@@ -231,6 +236,7 @@ ADMIN_KEY="$ADMIN_KEY" \
 SQL_DSN="postgres://postgres@$HOST:$PG_PORT/postgres?sslmode=disable&gssencmode=disable" \
 REDIS_CONN_STRING="redis://$HOST:$REDIS_PORT/0" \
 AIPROXY_SPOOL_DIR="$RUN_DIR/spool" \
+AIPROXY_ACCESS_LOG="$RELAY_ACCESS_LOG" \
 LISTEN_ADDR="$HOST:$RELAY_PORT" \
     start relay "$BIN" --workers 1 "$RELAY_CONFIG"
 # The relay's log queue (moongate.batch) spills rows to a spool file on disk when
@@ -548,7 +554,7 @@ fi
     echo
     echo "- machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
     dirty=$(git -C "$REPO" status --porcelain -- src lua examples 2>/dev/null | wc -l)
-    echo "- moongate: work tree at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$([ "$dirty" = 0 ] || echo " + $dirty changed/untracked files under src/ lua/ examples/"); binary $BIN built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC') ($(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$(dirname "$BIN")/CMakeCache.txt" 2>/dev/null || echo '?')); the relay's access log (on in examples/aiproxy) goes to logs/relay.out"
+    echo "- moongate: work tree at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$([ "$dirty" = 0 ] || echo " + $dirty changed/untracked files under src/ lua/ examples/"); binary $BIN built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC') ($(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$(dirname "$BIN")/CMakeCache.txt" 2>/dev/null || echo '?')); the relay's access log: $RELAY_ACCESS_LOG (RELAY_ACCESS_LOG; nginx S3 has access_log off)"
     echo "- nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), lua-nginx-module $(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null); PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'); Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"
     echo "- $( (wrk -v 2>&1 || true) | head -1 | sed 's/ Copyright.*//'); wrk -t$THREADS -c$CONNS -d$DURATION --latency -s relay/chat.lua on cpu $CLIENT_CPU after a $WARMUP warm-up per cell; all servers on cpu $SERVER_CPU"
     for name in "${STARTED[@]}"; do [ -n "${PROCINFO[$name]:-}" ] && echo "- $name: ${PROCINFO[$name]} (at start)"; done

@@ -275,11 +275,10 @@ static int l_fetch(lua_State *L) {
     lua_pushstring(L, err);
     return 3;
   }
-  fetch_ud *u = lua_newuserdata(L, sizeof *u);
+  fetch_ud *u = mg_lua_newudata(L, sizeof *u, &fetch_mt_key);
   u->f = f;
   u->head = (mg_buf){0};
   f->lua_owned = 1;
-  mg_lua_setmetatable(L, &fetch_mt_key);
   return 1;
 }
 
@@ -485,7 +484,7 @@ static int l_close(lua_State *L) {
 
 static int l_gc(lua_State *L) {
   l_close(L);
-  fetch_ud *u = lua_touserdata(L, 1);
+  fetch_ud *u = mg_lua_checkudata(L, 1, &fetch_mt_key, FETCH_MT);
   mg_buf_free(&u->head);
   return 0;
 }

@@ -132,9 +132,8 @@ static int l_open(lua_State *L) {
   double cap = luaL_checknumber(L, 2);
   mg_shdict *d = mg_shdict_open(name, cap > 0 ? (size_t)cap : 0);
   if (!d) luaL_error(L, "shared dictionary %s: capacity must be at least 8k", name);
-  mg_shdict **u = lua_newuserdata(L, sizeof *u);
+  mg_shdict **u = mg_lua_newudata(L, sizeof *u, &shdict_mt_key);
   *u = d;
-  mg_lua_setmetatable(L, &shdict_mt_key);
   lua_pushnumber(L, (double)mg_shdict_capacity(d));   /* the one in force */
   return 2;
 }

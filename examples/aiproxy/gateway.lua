@@ -9,6 +9,9 @@
 --   SQL_DSN            required; postgres://... URL or libpq key=value form
 --   REDIS_CONN_STRING  optional; redis://[:password@]host:port[/db] (token lookup cache)
 --   LISTEN_ADDR        ":8080" (--port overrides it)
+--   AIPROXY_ACCESS_LOG "on" (default) | "off": the access log, one JSON line per
+--                      request on stdout; every relayed request has its row in
+--                      PostgreSQL's request log either way
 --   AIPROXY_TEST_FAIL_CASCADE  tests only: "tokens" | "group" makes a group delete fail
 --                      inside its transaction at that point
 local core = require "moongate.core"
@@ -31,6 +34,10 @@ if redis_url == "" then redis_url = nil end
 if redis_url and not redis_url:match("^rediss?://") then
   refuse("REDIS_CONN_STRING", string.format('must be a redis:// URL (got %q)', redis_url))
 end
+local access_log = os.getenv("AIPROXY_ACCESS_LOG") or "on"
+if access_log ~= "on" and access_log ~= "off" then
+  refuse("AIPROXY_ACCESS_LOG", string.format('must be "on" or "off" (got %q)', access_log))
+end
 
 -- Create/migrate the schema at start (idempotent; every worker may run it,
 -- an advisory lock serialises them). Handlers retry it if it failed.
@@ -48,6 +55,7 @@ end
 return {
   listen = listen,
   workers = "auto",
+  log = { access = access_log == "on" },
   limits = { headers = "32k", body = "16m" },    -- chat bodies carry images (base64)
   policy_paths = { "policies" },
   -- Admin answers use the seed's envelope {"success": false, "message": ...};

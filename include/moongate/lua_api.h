@@ -21,11 +21,13 @@ const char *mg_lua_fetch_held(struct lua_State *L, int idx, size_t *len);
 int mg_lua_push_json_members(struct lua_State *L, const char *text, size_t n, int key_idx);
 /* Userdata types. Each metatable is kept in the registry under its name (as
  * luaL_newmetatable does) and under `key`, the address of a static in the
- * type's file: checks on hot paths then find it by that pointer instead of
- * interning the name on every call (luaL_checkudata's cost).
- * mg_lua_newmetatable leaves the new metatable on the stack. */
+ * type's file. mg_lua_newmetatable leaves the new metatable on the stack.
+ * mg_lua_newudata pushes a new userdata of `size` bytes with that type's
+ * metatable and a hidden header naming the type; mg_lua_checkudata returns
+ * the payload of the one at idx, or raises a type error naming `tname`.
+ * (So a check is a header compare, not a metatable fetch per call.) */
 void mg_lua_newmetatable(struct lua_State *L, const void *key, const char *tname);
-void mg_lua_setmetatable(struct lua_State *L, const void *key);   /* on the value at the top */
+void *mg_lua_newudata(struct lua_State *L, size_t size, const void *key);
 void *mg_lua_checkudata(struct lua_State *L, int idx, const void *key, const char *tname);
 /* Adds core.shdict and the shared dictionary type (lua_shdict.c). */
 void mg_lua_open_shdict(struct lua_State *L);

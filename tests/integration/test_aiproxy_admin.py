@@ -26,7 +26,7 @@ AUTH = {"Authorization": KEY}
 
 
 class App:
-    def __init__(self, tmp, env, workers=2):
+    def __init__(self, tmp, env, workers=2, stdout=None):
         self.port = free_port()
         self.err_path = os.path.join(tmp, "aiproxy-%d.err" % self.port)
         e = dict(os.environ)
@@ -35,7 +35,8 @@ class App:
         e["MOONGATE_SPOOL_DIR"] = os.path.join(tmp, "spool-%d" % self.port)
         e.update(env)
         self.proc = subprocess.Popen([BIN, "--port", str(self.port), "--workers", str(workers), APP],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.err_path, "wb"),
+                                     stdout=open(stdout, "wb") if stdout else subprocess.DEVNULL,
+                                     stderr=open(self.err_path, "wb"),
                                      stdin=subprocess.DEVNULL, env=e)
         deadline = time.time() + 10 * SLOW
         while time.time() < deadline:
@@ -272,6 +273,27 @@ def test_bad_input_is_400_naming_the_problem(app):
     err(app.post("/api/token/dup/%d/status" % t["id"], {"status": "on"}), 400, "status")
     err(app.get("/api/tokens/?status=9"), 400, "status")
     err(app.get("/api/tokens/?group=" + "z" * 65), 400, "too long")
+
+
+def test_access_log_follows_aiproxy_access_log(env, tmpdir_mod):
+    bad = dict(os.environ, **env, AIPROXY_ACCESS_LOG="yes")
+    r = subprocess.run([BIN, "-t", APP], env=bad, capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and 'AIPROXY_ACCESS_LOG: must be "on" or "off" (got "yes")' in r.stderr, r.stderr
+    lines = {}
+    for setting in ("on", "off", None):                  # None: unset, the default (on)
+        out = os.path.join(tmpdir_mod, "access-%s.out" % setting)
+        e = dict(env)
+        if setting:
+            e["AIPROXY_ACCESS_LOG"] = setting
+        a = App(tmpdir_mod, e, workers=1, stdout=out)
+        try:
+            assert a.get("/api/status").status_code == 200
+        finally:
+            a.stop()
+        with open(out) as f:
+            lines[setting] = [l for l in f if '"/api/status"' in l]
+    assert len(lines["on"]) == 1 and len(lines[None]) == 1, lines
+    assert lines["off"] == []
 
 
 def test_not_found_is_404(app):

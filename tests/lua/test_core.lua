@@ -34,4 +34,7 @@ test("userdata methods refuse a value of another type, naming the type they want
   ok, err = pcall(get, io.stdout, "k")          -- a userdata of another type
   eq(ok, false)
   assert(tostring(err):find("moongate.shdict expected, got userdata", 1, true), err)
+  ok, err = pcall(get, require("cjson").null, "k")   -- a light userdata (NULL)
+  eq(ok, false)
+  assert(tostring(err):find("moongate.shdict expected, got userdata", 1, true), err)
 end)
