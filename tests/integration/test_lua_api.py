@@ -483,3 +483,42 @@ def test_set_response_headers_replace_a_handlers_own_in_any_case(gateway):
     r = requests.get(g.url("/csv"))
     assert r.headers["Content-Type"] == "text/csv" and r.headers["X-Extra"] == "7"
     assert r.text == "a,b\n"
+
+
+HEADER_NAME = """
+return {
+  listen = "127.0.0.1:8080",
+  routes = {
+    { "GET", "/name", function(req)
+        return 200, "ok", { ["X" .. string.char(tonumber(req.query.b)) .. "y"] = "v" }
+      end },
+    { "GET", "/value", function(req)
+        local v = "a" .. string.char(tonumber(req.query.b)) .. "b"
+        return 200, "ok", { ["X-V"] = v, ["Set-Cookie"] = v }
+      end },
+  },
+}
+"""
+
+
+def test_response_header_names_must_be_tokens(gateway):
+    # RFC 9110's tchar: visible ASCII except the separators; every byte tried
+    g = gateway(HEADER_NAME)
+    separators = set(b'"(),/:;<=>?@[\\]{}')
+    for b in range(256):
+        r = requests.get(g.url("/name?b=%d" % b))
+        if 33 <= b <= 126 and b not in separators:
+            assert r.status_code == 200 and r.headers["X%sy" % chr(b)] == "v", b
+        else:
+            assert r.status_code == 500, (b, r.status_code)
+
+
+def test_response_header_values_refuse_cr_lf_nul(gateway):
+    # LF is refused too, except in Set-Cookie, where it separates cookies
+    g = gateway(HEADER_NAME)
+    for b in range(256):
+        r = requests.get(g.url("/value?b=%d" % b))
+        if b in (0, 10, 13):
+            assert r.status_code == 500, (b, r.status_code)
+        else:
+            assert r.status_code == 200 and r.raw.headers.get("X-V") is not None, b
