@@ -154,7 +154,7 @@ M.Response = Response
 -- core.fetch's options for URL targets: one table, refilled per call.
 -- core.fetch copies what it needs and never waits, so no other request can
 -- see it half-filled.
-local fetch_opts = { url = false, method = false, headers = false, trace = true, body = false,
+local fetch_opts = { url = false, path = false, method = false, headers = false, trace = true, body = false,
                      timeout = false, connect_timeout = false }
 
 function methods.fetch(r, target, opts)
@@ -165,7 +165,7 @@ function methods.fetch(r, target, opts)
   local path = opts.path or rest or ""
   if path == "" and not up and rest == "" then path = "/" end
   local q = opts.query and encode_query(opts.query) or ""
-  local pq = path .. (q ~= "" and ((path:find("?", 1, true) and "&" or "?") .. q) or "")
+  local pq = q == "" and path or path .. (path:find("?", 1, true) and "&" or "?") .. q
   -- The caller's { name = value } map goes to the C side as it is (it makes
   -- the lines); with opts.json, Content-Type comes first, in a copy.
   local headers = opts.headers
@@ -191,10 +191,11 @@ function methods.fetch(r, target, opts)
   else
     local kind, msg
     local o = fetch_opts
-    o.url, o.method, o.headers, o.body = base .. pq, method, headers, body
+    -- base and path joined on the C side: no URL string made per call
+    o.url, o.path, o.method, o.headers, o.body = base, pq, method, headers, body
     o.timeout, o.connect_timeout = timeout or 60000, opts.connect_timeout and opts.connect_timeout * 1000
     h, kind, msg = core.fetch(o)
-    o.url, o.headers, o.body = nil, nil, nil          -- nothing kept alive by the shared table
+    o.url, o.path, o.headers, o.body = nil, nil, nil, nil   -- nothing kept alive by the shared table
     if not h then return nil, kind, msg end
     if stream then status, kind, msg = upstream.wait_status(h) else status, kind, msg = upstream.wait_head(h) end
     if not status then h:close() return nil, kind, msg end

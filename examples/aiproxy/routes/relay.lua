@@ -66,6 +66,16 @@ local function channel_headers(ch)
   return h
 end
 
+-- A channel's URL for an endpoint, made once per channel object, like its
+-- headers (not a new string per relayed request).
+local function channel_url(ch, path)
+  local urls = ch.fetch_urls
+  if not urls then urls = {}; ch.fetch_urls = urls end
+  local u = urls[path]
+  if not u then u = ch.base_url .. path; urls[path] = u end
+  return u
+end
+
 local function no_model(model)
   return openai.error(404, "The model `" .. model .. "` does not exist or you do not have access to it.",
                       "model_not_found")
@@ -366,7 +376,7 @@ local function relay(req, ep)
       end
       local o = fetch_opts
       o.body, o.headers, o.timeout = upstream_body, channel_headers(ch), mcfg.timeout
-      local res, kind, msg = req:fetch(ch.base_url .. ep.path, o)
+      local res, kind, msg = req:fetch(channel_url(ch, ep.path), o)
       o.body = false                             -- nothing kept alive by the shared table
       if not res then
         if kind == "closed" then return client_left(st, reservation) end
