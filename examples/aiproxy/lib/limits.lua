@@ -46,18 +46,21 @@ redis.call('INCRBY', KEYS[1], 1 + lease); redis.call('EXPIRE', KEYS[1], ttl)
 return { 1, '', r + 1 + lease, 0, lease }
 ]])
 
--- This worker's leases: [group .. "\0" .. model] = { window =, left = }.
--- Bounded: emptied (leases given up) at MAX_LEASES entries.
+-- This worker's leases: [group][model] = { window =, left = } (by two
+-- lookups: no key string made per request). Bounded: emptied (leases given
+-- up) at MAX_LEASES entries.
 local leases, n_leases, MAX_LEASES = {}, 0, 10000
 
-local function add_lease(key, window, n)
-  local l = leases[key]
+local function add_lease(group, model, window, n)
+  local by_model = leases[group]
+  local l = by_model and by_model[model]
   if l and l.window == window then l.left = l.left + n; return end
   if not l then
-    if n_leases >= MAX_LEASES then leases, n_leases = {}, 0 end
+    if n_leases >= MAX_LEASES then leases, n_leases, by_model = {}, 0, nil end
     n_leases = n_leases + 1
   end
-  leases[key] = { window = window, left = n }
+  if not by_model then by_model = {}; leases[group] = by_model end
+  by_model[model] = { window = window, left = n }
 end
 
 -- What acquire() returns when nothing is to be corrected afterwards.
@@ -92,10 +95,10 @@ function M.acquire(group, model, cfg, est)
   if cfg.rpm <= 0 and cfg.tpm <= 0 then return NOTHING_RESERVED end
   local now = core.now()
   local window = math.floor(now / WINDOW)
-  local lease_key
-  if store.redis and cfg.tpm <= 0 then
-    lease_key = group .. "\0" .. model
-    local lease = leases[lease_key]
+  local leased = store.redis and cfg.tpm <= 0
+  if leased then
+    local by_model = leases[group]
+    local lease = by_model and by_model[model]
     if lease and lease.window == window and lease.left > 0 then
       lease.left = lease.left - 1
       return NOTHING_RESERVED
@@ -105,9 +108,9 @@ function M.acquire(group, model, cfg, est)
   local res, where = nil, "redis"
   if store.redis then
     local err
-    if lease_key then
+    if leased then
       res, err = LEASE:run({ rk }, { cfg.rpm, WINDOW * 2, LEASE_MAX, LEASE_DIVISOR })
-      if res and res[1] == 1 and res[5] > 0 then add_lease(lease_key, window, res[5]) end
+      if res and res[1] == 1 and res[5] > 0 then add_lease(group, model, window, res[5]) end
     else
       res, err = ACQUIRE:run({ rk, tk }, { cfg.rpm, cfg.tpm, est, WINDOW * 2 })
     end
