@@ -95,7 +95,7 @@ end
 -- or nil (unknown key), or nil, err, sqlstate on a database failure.
 function M.lookup(key)
   if type(key) ~= "string" then return nil end
-  key = key:gsub("^sk%-", "")
+  if key:sub(1, 3) == "sk-" then key = key:sub(4) end   -- not gsub: a C call per request
   if key == "" or #key > 128 then return nil end
   local dict = shdict()
   if dict then
