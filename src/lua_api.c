@@ -158,7 +158,8 @@ void *mg_lua_newudata(lua_State *L, size_t size, const void *key) {
 }
 
 void *mg_lua_checkudata(lua_State *L, int idx, const void *key, const char *tname) {
-  if (lua_type(L, idx) == LUA_TUSERDATA) {
+  /* The size first: another library's userdata may be smaller than a header. */
+  if (lua_type(L, idx) == LUA_TUSERDATA && lua_objlen(L, idx) >= sizeof(udata_header)) {
     udata_header *h = lua_touserdata(L, idx);
     if (h->key == key) return h + 1;
   }

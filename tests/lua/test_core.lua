@@ -34,6 +34,9 @@ test("userdata methods refuse a value of another type, naming the type they want
   ok, err = pcall(get, io.stdout, "k")          -- a userdata of another type
   eq(ok, false)
   assert(tostring(err):find("moongate.shdict expected, got userdata", 1, true), err)
+  ok, err = pcall(get, newproxy(), "k")               -- a userdata of 0 bytes
+  eq(ok, false)
+  assert(tostring(err):find("moongate.shdict expected, got userdata", 1, true), err)
   ok, err = pcall(get, require("cjson").null, "k")   -- a light userdata (NULL)
   eq(ok, false)
   assert(tostring(err):find("moongate.shdict expected, got userdata", 1, true), err)
