@@ -25,7 +25,10 @@ local VERSION_KEY = "catalog:version"
 local snap = nil                 -- { by_model, configs, version, loaded_at }
 local health = {}                -- channel id -> { ok, fail, since }
 
-local function dict() return require("moongate.shared").aiproxy end
+-- The module's table once (filled in place by the config's `shared`): a
+-- require per call is a C call and two lookups per relayed request.
+local shared = require "moongate.shared"
+local function dict() return shared.aiproxy end
 
 local function version()
   local d = dict()

@@ -9,8 +9,9 @@ local url = os.getenv("REDIS_CONN_STRING")
 M.redis = (url and url ~= "") and require "moongate.redis" or nil
 M.fault_tolerant = (os.getenv("AIPROXY_FAULT_TOLERANT") or "true") ~= "false"
 
+local shared = require "moongate.shared"   -- filled in place by the config's `shared`
 function M.dict()
-  return require("moongate.shared").aiproxy
+  return shared.aiproxy
 end
 
 return M

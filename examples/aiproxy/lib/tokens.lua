@@ -51,8 +51,8 @@ end
 
 M.COLUMNS = "id, group_id, key, name, status, quota, used_amount, request_count, models, subnets, created_at, accessed_at, expired_at"
 
+local shared = require "moongate.shared"   -- filled in place by the config's `shared`
 local function shdict()
-  local shared = require "moongate.shared"
   return shared.tokens
 end
 
