@@ -186,6 +186,19 @@ M.queue = batch.new{
 -- which PostgreSQL stored, or is the (cleaned) requested model.
 M.clean_text = core.clean_utf8
 
+-- Model names repeat: cleaned once per name (bounded: a client may send any
+-- name), a table lookup instead of a C call per row.
+local clean_models, n_clean_models = {}, 0
+local function clean_model(m)
+  local c = clean_models[m]
+  if not c then
+    if n_clean_models >= 1000 then clean_models, n_clean_models = {}, 0 end
+    c = M.clean_text(m)
+    clean_models[m], n_clean_models = c, n_clean_models + 1
+  end
+  return c
+end
+
 local uid_count = 0
 
 -- Rows are reused: push() packs a row and keeps the table for the next
@@ -194,8 +207,9 @@ local uid_count = 0
 local free_rows, nfree = {}, 0
 local MAX_FREE = 256
 
--- A row with the request's identity filled in.
-function M.row(req, tok, endpoint)
+-- A row with the request's identity filled in; now_ms: the request's start
+-- (the clock is read when absent).
+function M.row(req, tok, endpoint, now_ms)
   uid_count = uid_count + 1
   local r = free_rows[nfree]
   if r then
@@ -204,7 +218,7 @@ function M.row(req, tok, endpoint)
   else
     r = table_new(0, 23)
   end
-  r.uid, r.request_id, r.created_at = uid_count, req.id, math.floor(core.now() * 1000)
+  r.uid, r.request_id, r.created_at = uid_count, req.id, now_ms or math.floor(core.now() * 1000)
   r.group_id, r.token_id, r.token_name = tok.group, tok.id, tok.name
   r.model, r.upstream_model, r.channel_id, r.endpoint = "", "", 0, endpoint
   r.code, r.content, r.prompt_tokens, r.completion_tokens, r.total_tokens = 0, "", 0, 0, 0
@@ -221,7 +235,7 @@ function M.push(row)
     row.content = M.clean_text(content)
   end
   local model = row.model
-  row.model = M.clean_text(model)
+  row.model = clean_model(model)
   if row.upstream_model == model then row.upstream_model = row.model end
   row.request_id = M.clean_text(row.request_id)
   pack_row(row, packed > 0 and "," or "")

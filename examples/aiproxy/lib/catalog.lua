@@ -93,10 +93,10 @@ end
 -- An old one keeps serving while ONE background timer reloads it: requests
 -- do not wait for PostgreSQL for the periodic refresh (a burst of requests
 -- at that moment would otherwise all queue for the pool).
-function M.get()
+function M.get(now)
   local s = snap
   if s and s.version == version() then
-    if core.now() - s.loaded_at >= M.REFRESH and not refreshing then
+    if (now or core.now()) - s.loaded_at >= M.REFRESH and not refreshing then
       refreshing = true
       if not timer.after(0, refresh) then refreshing = false end
     end
@@ -184,10 +184,10 @@ end
 -- and recent errors, cooling channels only when nothing else is left.
 -- Two passes over the list (total, then the draw) instead of building
 -- candidate tables: this runs for every relayed request.
-function M.pick(s, model, tried)
+function M.pick(s, model, tried, now)
   local list = s.by_model[model]
   if not list then return nil end
-  local now = core.now()
+  now = now or core.now()
   local skip_cooling, total = true, 0
   for i = 1, #list do total = total + weight(list[i], tried, now, true) end
   if total == 0 then

@@ -91,9 +91,9 @@ end
 
 -- Returns a reservation (pass it to correct()), or nil, headers, which
 -- ("rpm"|"tpm") when a limit is reached, or nil, nil, "unavailable".
-function M.acquire(group, model, cfg, est)
+function M.acquire(group, model, cfg, est, now)
   if cfg.rpm <= 0 and cfg.tpm <= 0 then return NOTHING_RESERVED end
-  local now = core.now()
+  now = now or core.now()
   local window = math.floor(now / WINDOW)
   local leased = store.redis and cfg.tpm <= 0
   if leased then

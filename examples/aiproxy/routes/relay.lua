@@ -296,8 +296,12 @@ end
 
 local function relay(req, ep)
   local tok = req.ctx.token
-  local row = accounting.row(req, tok, ep.path)
-  local t0 = now_ms()
+  -- The clock read once for the request's synchronous start: the row's
+  -- time, the catalog's refresh check, the limits' window, the first pick
+  -- (each read is a C call; ttfb and latency read it again).
+  local now = core.now()
+  local t0 = math.floor(now * 1000)
+  local row = accounting.row(req, tok, ep.path, t0)
   local raw = req:body()
   local st = { t0 = t0, ttfb = 0, row = row, req_id = req.id, raw = raw, kind = ep.kind }
 
@@ -314,7 +318,7 @@ local function relay(req, ep)
     return refuse(st, 400, "you must provide a model parameter", "missing_model")
   end
   row.model = model
-  local snap, err = catalog.get()
+  local snap, err = catalog.get(now)
   if not snap then
     core.log("error", "aiproxy: no channel list: " .. tostring(err))
     return refuse(st, 503, "The service is temporarily unavailable (database).", "database_unavailable")
@@ -329,7 +333,7 @@ local function relay(req, ep)
   row.stream = stream
   local reserve = 0                              -- tokens: only a TPM limit counts them
   if cfg.tpm > 0 then reserve = est_prompt(st) + completion_reserve(decoded_body(st), ep.kind) end
-  local reservation, limit_headers, which = limits.acquire(tok.group, model, cfg, reserve)
+  local reservation, limit_headers, which = limits.acquire(tok.group, model, cfg, reserve, now)
   if not reservation then
     if which == "unavailable" then
       return refuse(st, 503, "The rate limiter is unavailable; try again later.", "rate_limiter_unavailable")
@@ -362,7 +366,7 @@ local function relay(req, ep)
     local mcfg = m == model and cfg or catalog.model_config(snap, m)
     local tried = NONE_TRIED
     for _ = 1, 1 + mcfg.retry_times do
-      local ch = catalog.pick(snap, m, tried)
+      local ch = catalog.pick(snap, m, tried, attempts == 0 and now or nil)
       if not ch then break end
       if tried == NONE_TRIED then tried = {} end
       tried[ch.id] = true
