@@ -410,6 +410,7 @@ void mg_fetch_free(mg_fetch *f) {
 void mg_fetch_cancel(mg_fetch *f) {
   engine_stop(f);
   f->waiter = NULL;
+  f->on_wake = NULL;
   unready(f);
   if (!f->done) { f->done = 1; f->error = "closed"; }
   if (!f->lua_owned) mg_fetch_free(f);
@@ -492,8 +493,11 @@ void mg_fetch_run_ready(mg_worker *w) {
     f->wait = MG_FETCH_WAIT_NONE;
     cx->waiting = MG_WAIT_NONE;
     cx->fetch = NULL;
-    /* The Lua side (lua_fetch.c) reads the outcome from the transfer. */
-    mg_coctx_resume(cx, 0);
+    /* The parked call's results, when its binding can give them now (one
+     * Lua-to-C call per wait instead of two); else the Lua side asks again. */
+    int nargs = f->on_wake ? f->on_wake(cx->co, f) : 0;
+    f->on_wake = NULL;
+    mg_coctx_resume(cx, nargs < 0 ? 0 : nargs);
   }
   /* Nothing left for the idle callback: do not let it spin the loop once
    * more with a zero poll timeout. */

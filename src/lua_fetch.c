@@ -17,8 +17,9 @@
  *              hop forwards them (forward.c); drop: names left out of them.
  *              trace: the current request's X-Request-ID and traceparent
  *              follow the headers (forward includes them already).
- *   h:head()   -> status, headers | nil, kind, message | nothing (waited:
- *                 call again)
+ *   h:head()   -> status, headers | nil, kind, message, waiting for the head
+ *                 if need be (or nothing: call again -- callers loop, so a
+ *                 wake-up without news costs nothing but a second call)
  *   h:status() -> like head() without building the headers table
  *   h:headers() -> the headers table head() returns; also after close()
  *   h:relay_headers(keep_length) -> the response headers a proxy passes on
@@ -29,7 +30,7 @@
  *   h:complete() -> whether the whole answer is in (without taking it)
  *   h:hold()   -> true once the whole answer is in, kept on the C side (no
  *                 Lua string: a handler may answer with it, core.respond) |
- *                 nil, kind, message | nothing (waited: call again)
+ *                 nil, kind, message, waiting if need be (or nothing, as head())
  *   h:members(key, ...) -> like core.json_members on the held answer
  *   h:info()   -> { connect_ms, first_byte_ms, total_ms, ip, reused }
  *   h:close()  -> stops the transfer
@@ -289,11 +290,16 @@ static int push_failure(lua_State *L, mg_fetch *f) {
   return 3;
 }
 
-static int park(lua_State *L, mg_fetch *f, int what) {
+/* Parks the calling coroutine until the transfer has news for `what`.
+ * `result` (or NULL) gives the call's results at the wake-up (see on_wake in
+ * fetch.h): the same function the call tried first, so a method returns
+ * the same things whether or not it waited. */
+static int park(lua_State *L, mg_fetch *f, int what, int (*result)(lua_State *, mg_fetch *)) {
   mg_coctx *cx = mg_waitable(L, "fetch");
   if (f->waiter && f->waiter != cx) luaL_error(L, "fetch handle is already being waited on");
   f->waiter = cx;
   f->wait = what;
+  f->on_wake = result;
   cx->waiting = MG_WAIT_FETCH;
   cx->fetch = f;
   return lua_yield(L, 0);
@@ -340,31 +346,49 @@ static void push_headers(lua_State *L, mg_fetch *f) {
   push_headers_filtered(L, &f->head, NULL, 0, -1);
 }
 
-static int l_head(lua_State *L) {
-  mg_fetch *f = check_fetch(L);
+/* head(), status() and hold() results once there is news, or -1 (none yet). */
+static int head_failure(lua_State *L, mg_fetch *f) {
+  if (!f->error) {                   /* ended without a final head */
+    f->error = "reset";
+    snprintf(f->errbuf, sizeof f->errbuf, "no response head");
+  }
+  return push_failure(L, f);
+}
+
+static int head_result(lua_State *L, mg_fetch *f) {
   if (f->head_done) {
     lua_pushinteger(L, f->status);
     push_headers(L, f);
     return 2;
   }
-  if (f->done) {
-    if (!f->error) {                 /* ended without a final head */
-      f->error = "reset";
-      snprintf(f->errbuf, sizeof f->errbuf, "no response head");
-    }
-    return push_failure(L, f);
-  }
-  return park(L, f, MG_FETCH_WAIT_HEAD);
+  return f->done ? head_failure(L, f) : -1;
 }
 
-static int l_status(lua_State *L) {
-  mg_fetch *f = check_fetch(L);
+static int status_result(lua_State *L, mg_fetch *f) {
   if (f->head_done) {
     lua_pushinteger(L, f->status);
     return 1;
   }
-  if (f->done) return l_head(L);     /* the failure */
-  return park(L, f, MG_FETCH_WAIT_HEAD);
+  return f->done ? head_failure(L, f) : -1;
+}
+
+static int hold_result(lua_State *L, mg_fetch *f) {
+  if (!f->done) return -1;
+  if (f->error) return push_failure(L, f);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_head(lua_State *L) {
+  mg_fetch *f = check_fetch(L);
+  int n = head_result(L, f);
+  return n >= 0 ? n : park(L, f, MG_FETCH_WAIT_HEAD, head_result);
+}
+
+static int l_status(lua_State *L) {
+  mg_fetch *f = check_fetch(L);
+  int n = status_result(L, f);
+  return n >= 0 ? n : park(L, f, MG_FETCH_WAIT_HEAD, status_result);
 }
 
 static int l_headers(lua_State *L) {
@@ -401,7 +425,7 @@ static int l_read(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  return park(L, f, MG_FETCH_WAIT_BODY);
+  return park(L, f, MG_FETCH_WAIT_BODY, NULL);   /* read() may hand over a part: asked again */
 }
 
 static int l_rest(lua_State *L) {
@@ -420,14 +444,11 @@ static int l_rest(lua_State *L) {
  * hash chain and every new one is compared with the others. */
 static int l_hold(lua_State *L) {
   mg_fetch *f = check_fetch(L);
-  if (f->done) {
-    if (f->error) return push_failure(L, f);
-    lua_pushboolean(L, 1);
-    return 1;
-  }
+  int n = hold_result(L, f);
+  if (n >= 0) return n;
   f->max_buffer = (size_t)-1;
   mg_fetch_consumed(f);              /* a paused transfer goes on */
-  return park(L, f, MG_FETCH_WAIT_DONE);
+  return park(L, f, MG_FETCH_WAIT_DONE, hold_result);
 }
 
 const char *mg_lua_fetch_held(lua_State *L, int idx, size_t *len) {

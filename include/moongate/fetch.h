@@ -54,12 +54,19 @@ typedef struct {
   int reused;                  /* ran on a kept-alive connection */
 } mg_fetch_info;
 
+struct lua_State;
+
 typedef struct mg_fetch {
   mg_worker *w;
   CURL *easy;                  /* curl engine, or NULL */
   struct mg_h1_exchange *h1;   /* native engine (h1client.c owns it), or NULL */
   mg_coctx *waiter;            /* the coroutine parked on this transfer */
   int wait;                    /* MG_FETCH_WAIT_* */
+  /* Pushes, onto the waiter's stack as it is resumed, what the parked call
+   * returns now that it has news (so the Lua side need not call again), or
+   * returns -1 to push nothing. Set by the Lua binding when it parks (NULL:
+   * resumed with nothing, the caller asks again). */
+  int (*on_wake)(struct lua_State *co, struct mg_fetch *f);
   struct curl_slist *req_headers;
   char *req_body;
   size_t req_body_len;

@@ -124,9 +124,10 @@ end
 function Response:hold()
   local h = self._h
   if not h then error("the fetched answer was already read or closed", 2) end
+  if rawget(self, "_whole") then return true end   -- held before: no second C call
   local ok, kind, msg = h:hold()
   while ok == nil and kind == nil do ok, kind, msg = h:hold() end
-  if not ok then self:close() end
+  if ok then self._whole = true else self:close() end
   return ok, kind, msg
 end
 

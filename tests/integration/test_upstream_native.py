@@ -564,3 +564,39 @@ return {
     assert lines[0] == 'none {"id":"x1","n":1} yes', lines     # read after it was sent
     assert lines[1] == 'read {"id":"y2","n":1} yes', lines
     assert lines[2].startswith("set table: ") and lines[2].endswith(" yes"), lines
+
+
+def test_a_waiting_call_returns_its_results_at_the_wake_up(gateway, scripted):
+    # head(), status() and hold() called once each, the upstream answering
+    # 0.2 s later: after the wait they return what they would have returned
+    # had the answer been there (one call, not a second one to ask again);
+    # a failure after a wait comes back the same way.
+    up = scripted(lambda conn, n, path: [0.2, ok()] if path != "/dead" else [0.2, "close"])
+    g = gateway("""
+local core = require "moongate.core"
+return {
+  listen = "127.0.0.1:8080",
+  routes = { { "GET", "/once", function(req)
+    local a = core.fetch({ url = "%s/a" })
+    local status = a:status()
+    local held = a:hold()
+    local body = a:rest()
+    a:close()
+    local b = core.fetch({ url = "%s/b" })
+    local hs, hh = b:head()
+    b:close()
+    local c = core.fetch({ url = "%s/c" })
+    local cheld = c:hold()
+    c:close()
+    local d = core.fetch({ url = "%s/dead" })
+    local dn, dkind = d:status()
+    d:close()
+    return 200, { status = status, held = held, body = body, head_status = hs,
+                  head_type = hh and hh["content-type"], c_held = cheld,
+                  dead = { dn == nil, dkind } }
+  end } },
+}
+""" % (up.url, up.url, up.url, up.url))
+    out = requests.get(g.url("/once")).json()
+    assert out == {"status": 200, "held": True, "body": '{"ok":true}', "head_status": 200,
+                   "head_type": "application/json", "c_held": True, "dead": [True, "reset"]}, out
