@@ -10,6 +10,7 @@ local core = require "moongate.core"
 local pg = require "moongate.postgres"
 local schema = require "lib.schema"
 local table_new = require "table.new"
+local util = require "lib.util"
 
 local M = {}
 
@@ -186,18 +187,8 @@ M.queue = batch.new{
 -- which PostgreSQL stored, or is the (cleaned) requested model.
 M.clean_text = core.clean_utf8
 
--- Model names repeat: cleaned once per name (bounded: a client may send any
--- name), a table lookup instead of a C call per row.
-local clean_models, n_clean_models = {}, 0
-local function clean_model(m)
-  local c = clean_models[m]
-  if not c then
-    if n_clean_models >= 1000 then clean_models, n_clean_models = {}, 0 end
-    c = M.clean_text(m)
-    clean_models[m], n_clean_models = c, n_clean_models + 1
-  end
-  return c
-end
+-- Model names repeat: cleaned once per name, not a C call per row.
+local clean_model = util.memo(function(m) return M.clean_text(m) end, 1000)
 
 local uid_count = 0
 

@@ -114,4 +114,20 @@ function M.tx_fail(err, state)
   return M.db_fail(err, state)
 end
 
+-- fn(s) remembered per s, for values that repeat across requests (model
+-- names): a table lookup instead of the work, or a C call, per request.
+-- Bounded: a client may send any name, so at `max` entries it starts over.
+function M.memo(fn, max)
+  local known, n = {}, 0
+  return function(s)
+    local v = known[s]
+    if v == nil then
+      if n >= max then known, n = {}, 0 end
+      v = fn(s)
+      known[s], n = v, n + 1
+    end
+    return v
+  end
+end
+
 return M

@@ -20,6 +20,7 @@ local limits = require "lib.limits"
 local usage = require "lib.usage"
 local accounting = require "lib.accounting"
 local openai = require "lib.openai"
+local util = require "lib.util"
 
 local byte, find, sub = string.byte, string.find, string.sub
 
@@ -40,18 +41,8 @@ local function now_ms() return math.floor(core.now() * 1000) end
 local fetch_opts = { method = "POST", body = false, headers = false, timeout = false,
                      connect_timeout = CONNECT_TIMEOUT, stream = true }
 
--- Model names as JSON text, made once per name (bounded: a client may ask
--- for any name).
-local json_strings, n_json_strings = {}, 0
-local function json_string(s)
-  local j = json_strings[s]
-  if not j then
-    if n_json_strings >= 1000 then json_strings, n_json_strings = {}, 0 end
-    j = cjson.encode(s)
-    json_strings[s], n_json_strings = j, n_json_strings + 1
-  end
-  return j
-end
+-- Model names as JSON text, made once per name.
+local json_string = util.memo(cjson.encode, 1000)
 
 local NONE_TRIED = {}   -- no channel tried yet (never written: a set is made at the first try)
 
