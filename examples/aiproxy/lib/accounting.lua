@@ -188,7 +188,7 @@ M.queue = batch.new{
 M.clean_text = core.clean_utf8
 
 -- Model names repeat: cleaned once per name, not a C call per row.
-local clean_model = util.memo(function(m) return M.clean_text(m) end, 1000)
+local clean_model = util.memo(M.clean_text, 1000)
 
 local uid_count = 0
 
