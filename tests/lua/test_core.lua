@@ -41,3 +41,41 @@ test("userdata methods refuse a value of another type, naming the type they want
   eq(ok, false)
   assert(tostring(err):find("moongate.shdict expected, got userdata", 1, true), err)
 end)
+
+-- json_members: what json.member and a fetched answer's members() rest on.
+test("json_members gives each member's JSON text, false when absent, the last of duplicates", function()
+  local text = ' {"model":"gpt-4o","stream":true,"usage":{"a":[1,2]},"model":"m2","n":-1.5e3} '
+  eq(core.json_members(text, "stream"), "true")
+  eq(select("#", core.json_members(text, "usage", "none")), 2)
+  local u, none = core.json_members(text, "usage", "none")
+  eq(u, '{"a":[1,2]}')
+  eq(none, false)
+  local m, s, n = core.json_members(text, "model", "stream", "n")
+  eq(m, '"m2"'); eq(s, "true"); eq(n, "-1.5e3")
+  local r = { core.json_members(text, "a", "model", "b", "stream", "c", "usage", "d", "n") }
+  eq(#r, 8)
+  eq(r[1], false); eq(r[2], '"m2"'); eq(r[4], "true"); eq(r[6], '{"a":[1,2]}'); eq(r[8], "-1.5e3")
+  eq(core.json_members('{"k\\u00e9y":1}', "k\xc3\xa9y"), "1")      -- keys compared as decoded
+end)
+
+test("json_members answers nil, err for what is not one JSON object", function()
+  for _, text in ipairs({ "", "[1]", '{"a":1} x', '{"a":', '"s"', "{'a':1}" }) do
+    local v, err = core.json_members(text, "a")
+    eq(v, nil)
+    assert(type(err) == "string" and err ~= "", text)
+  end
+end)
+
+test("json_members refuses misuse naming the argument", function()
+  raises(function() core.json_members(42, "a") end, "bad argument #1 to 'json_members' (string expected, got number)")
+  raises(function() core.json_members("{}", "a", nil, "b") end, "bad argument #3 to 'json_members' (string expected, got nil)")
+  raises(function() core.json_members("{}", "a", "b", "c", {}) end, "bad argument #5 to 'json_members' (string expected, got table)")
+  raises(function() core.json_members("{}") end, "expected 1 to 8 keys")
+  raises(function() core.json_members("{}", "1", "2", "3", "4", "5", "6", "7", "8", "9") end, "expected 1 to 8 keys")
+end)
+
+test("now is the wall clock in seconds", function()
+  local t = core.now()
+  assert(type(t) == "number" and math.abs(t - os.time()) <= 1, t)
+  assert(t ~= math.floor(t) or core.now() ~= t)                 -- sub-second precision
+end)
