@@ -128,6 +128,21 @@ function M.set_member(text, key, value_json)
   return table.concat(out)
 end
 
+-- The first byte at or after i that is not JSON whitespace (nil at the
+-- end). A byte loop rather than find(text, "%S", i): LuaJIT compiles
+-- string.find only for plain searches, and leaves its trace at a pattern.
+local function skip_ws(text, i)
+  local b = byte(text, i)
+  while b == 32 or b == 10 or b == 13 or b == 9 do
+    i = i + 1
+    b = byte(text, i)
+  end
+  if b then return i, b end
+end
+
+-- Keys that are plain names ([%w_-]+), checked once each (bounded).
+local plain_key, n_plain_key = {}, 0
+
 -- Whether the top-level member `key` of `text` -- a JSON object text that
 -- is known to be valid (it decoded) -- appears exactly once, spelled plainly,
 -- with exactly `value_json` as its value: then set_member(text, key,
@@ -139,16 +154,22 @@ function M.member_is(text, key, value_json)
   if type(text) ~= "string" or type(key) ~= "string" or type(value_json) ~= "string" then
     error("json.member_is(text, key, value_json): expected three strings", 2)
   end
-  if not find(key, "^[%w_%-]+$") or find(text, "\\u") then return false end
+  local plain = plain_key[key]
+  if plain == nil then
+    plain = find(key, "^[%w_%-]+$") ~= nil
+    if n_plain_key >= 100 then plain_key, n_plain_key = {}, 0 end
+    plain_key[key], n_plain_key = plain, n_plain_key + 1
+  end
+  if not plain or find(text, "\\u", 1, true) then return false end
   local quoted = '"' .. key .. '"'
   local at = find(text, quoted, 1, true)
   if not at or find(text, quoted, at + #quoted, true) then return false end
-  local colon = find(text, "%S", at + #quoted)
-  if not colon or byte(text, colon) ~= 58 then return false end
-  local v = find(text, "%S", colon + 1)
+  local colon, c = skip_ws(text, at + #quoted)
+  if c ~= 58 then return false end
+  local v = skip_ws(text, colon + 1)
   if not v or sub(text, v, v + #value_json - 1) ~= value_json then return false end
-  local after = find(text, "%S", v + #value_json)
-  return after ~= nil and (byte(text, after) == 44 or byte(text, after) == 125)
+  local _, after = skip_ws(text, v + #value_json)
+  return after == 44 or after == 125
 end
 
 -- The JSON text of top-level members of an object, found without decoding

@@ -39,6 +39,9 @@ test("member_is says when set_member would change nothing, and false when unsure
   local v = '"gpt-4o-mini"'
   assert(json.member_is('{"model":"gpt-4o-mini","messages":[]}', "model", v))
   assert(json.member_is('{ "messages": [], "model" : "gpt-4o-mini" }', "model", v))
+  assert(json.member_is('{"model"\t:\r\n "gpt-4o-mini"\n}', "model", v))   -- any JSON whitespace
+  eq(json.member_is('{"a b":"gpt-4o-mini"}', "a b", v), false)              -- a key that is not a plain name
+  eq(json.member_is('{"model":"gpt-4o-mini"', "model", v), false)          -- nothing after the value
   -- an escaped quote never makes a second plain "model"
   assert(json.member_is('{"messages":[{"content":"say \\"model\\""}],"model":"gpt-4o-mini"}', "model", v))
   local unsure = {
