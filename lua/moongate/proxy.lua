@@ -202,16 +202,23 @@ function methods.fetch(r, target, opts)
     if not status then h:close() return nil, kind, msg end
     rh = kind
   end
+  -- setmetatable's result is returned from a local, not by a tail call:
+  -- LuaJIT cannot compile a return through a tail-called builtin that has
+  -- side effects ("NYI: return to lower frame"), and the caller's code after
+  -- the fetch then ran in its interpreter.
+  local res
   if stream then
     -- Two shapes, so that a URL target's answer carries no empty slots.
-    return setmetatable(up and { status = status, _h = h, _hh = h, _up = up, _t = t }
-                        or { status = status, _h = h, _hh = h }, Response)
+    res = setmetatable(up and { status = status, _h = h, _hh = h, _up = up, _t = t }
+                       or { status = status, _h = h, _hh = h }, Response)
+    return res
   end
   local data, kind, msg = upstream.read_all(h)
   h:close()
   if up then up:done(t) end
   if not data then return nil, "incomplete", msg end   -- answered, but the body broke off
-  return setmetatable({ status = status, headers = rh, body = data }, Response)
+  res = setmetatable({ status = status, headers = rh, body = data }, Response)
+  return res
 end
 
 

@@ -89,7 +89,7 @@ local new_table = require "table.new"
 
 local lazy = {
   query = function(r) return parse_query(r.query_string) end,
-  headers = function(r) return setmetatable({ r }, HeadersMT) end,
+  headers = function(r) local h = setmetatable({ r }, HeadersMT); return h end,
   ctx = function() return new_table(0, 4) end,
   params = function() return {} end,       -- routes without parameters
   upstream_headers = function() return {} end,
@@ -271,8 +271,11 @@ local M = { Request = Request, methods = methods, parse_query = parse_query,
             apply_response_headers = apply_response_headers,
             hooks = hooks }
 
+-- Not `return setmetatable(...)`: a tail call to a builtin with side
+-- effects ends LuaJIT's trace (see proxy.lua's fetch).
 function M.new(fields)
-  return setmetatable(fields, Request)
+  local r = setmetatable(fields, Request)
+  return r
 end
 
 return M
