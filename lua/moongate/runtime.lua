@@ -136,7 +136,8 @@ local function run(req, route, status, allow)
   if status ~= 0 then              -- 404 / 405 / 413 decided by the C server
     local res = make_res(status, nil, nil, "server")
     if allow then res.headers["Allow"] = allow end
-    return send(req, res)
+    send(req, res)
+    return
   end
   local chain = route.chain
   for i = 1, #chain do
@@ -144,7 +145,8 @@ local function run(req, route, status, allow)
     if p.access then
       local st, body, headers = p.access(p.conf, req)
       if st ~= nil then
-        return send(req, make_res(st, body, headers, 'policy "' .. p.name .. '"'))
+        send(req, make_res(st, body, headers, 'policy "' .. p.name .. '"'))
+        return
       end
     end
   end
@@ -165,7 +167,9 @@ local function run(req, route, status, allow)
       res = make_res(status_of_failure(kind), failure_messages[kind] or msg, nil, "the handler")
     end
   end
-  return send(req, res)
+  -- Not a tail call: send() then returns here, not straight into xpcall,
+  -- which LuaJIT's recorder cannot follow ("NYI: return to lower frame").
+  send(req, res)
 end
 
 local function log_phase(req)
