@@ -184,3 +184,21 @@ test("member agrees with cjson on generated and mutated texts", function()
   end
   assert(checked == 3000 and accepted > 600 and accepted < 2800, accepted)
 end)
+
+test("member gives one result per key, or nil and the reason", function()
+  local text = '{"a":1,"b":"x","c":[2],"d":null}'
+  eq(select("#", json.member(text, "a")), 1)
+  eq(select("#", json.member(text, "a", "b")), 2)
+  eq(select("#", json.member(text, "a", "b", "c")), 3)
+  eq(select("#", json.member(text, "a", "b", "c", "d")), 4)
+  local a, b, c, d = json.member(text, "a", "zz", "c", "d")
+  eq(a, "1"); eq(b, false); eq(c, "[2]"); eq(d, "null")
+  for n = 1, 4 do
+    local keys = { "a", "b", "c", "d" }
+    eq(select("#", json.member("[1]", unpack(keys, 1, n))), 2)
+    local v, err = json.member("[1]", unpack(keys, 1, n))
+    eq(v, nil); eq(type(err), "string")
+  end
+  raises(function() json.member(text) end, "expected a text and key strings")
+  raises(function() json.member(text, "a", 5) end, "string expected")
+end)
