@@ -47,6 +47,11 @@
 #   UPSTREAM_PORT=9506 NGINX_BASE=9507 (nginx S1/S2/S3 on 9507/9508/9509)
 #   MOONGATE_BIN=<repo>/build/moongate  RELAY_CONFIG=<repo>/examples/aiproxy/gateway.lua
 #   RELAY_ACCESS_LOG=off   on: the relay also writes its access log (logs/relay.out)
+#   RELAY_B_BIN / RELAY_B_CONFIG / RELAY_B_PORT=9510   a second relay, cell "relay-b": another
+#                          moongate binary (with its own lua/) and/or config, on the same
+#                          PostgreSQL, Redis and mock; CELLS then defaults to "relay relay-b"
+#                          and the report gives relay − relay-b per repetition (same-run
+#                          pairs: the way to measure one change to the relay natively)
 # Needs: build/moongate (builds nothing), nginx + libnginx-mod-http-lua,
 # wrk, curl, postgresql-15, redis-server, /usr/bin/python3. As root,
 # PostgreSQL runs as the postgres user (initdb refuses root).
@@ -70,9 +75,18 @@ QUIET_MAX="${QUIET_MAX:-10}"
 QUIET_TIMEOUT="${QUIET_TIMEOUT:-60}"
 FOREIGN_MAX="${FOREIGN_MAX:-5}"
 RETRIES="${RETRIES:-2}"
+CELLS_SET="${CELLS:+1}"
 CELLS="${CELLS:-relay nginx-s3 mock upstream}"
 SKIP_SSE="${SKIP_SSE:-0}"
 RELAY_ACCESS_LOG="${RELAY_ACCESS_LOG:-off}"
+RELAY_B_PORT="${RELAY_B_PORT:-9510}"
+RELAY_B=0
+if [ -n "${RELAY_B_BIN:-}${RELAY_B_CONFIG:-}" ]; then
+    RELAY_B=1
+    RELAY_B_BIN="${RELAY_B_BIN:-$BIN}"
+    RELAY_B_CONFIG="${RELAY_B_CONFIG:-$RELAY_CONFIG}"
+    [ -n "$CELLS_SET" ] || CELLS="relay relay-b"
+fi
 SSE_STREAMS="${SSE_STREAMS:-10}"
 SSE_CHUNKS="${SSE_CHUNKS:-200}"
 SSE_DELAY_MS="${SSE_DELAY_MS:-5}"
@@ -109,7 +123,14 @@ PGBIN=$(pg_config --bindir 2>/dev/null || true)
 [ -x "${PGBIN:-/nonexistent}/initdb" ] || PGBIN=/usr/lib/postgresql/15/bin
 [ -x "$PGBIN/initdb" ] || die "PostgreSQL 15 not installed (apt-get install postgresql-15)"
 case "$RUN_DIR" in /*) ;; *) die "RUN_DIR must be an absolute path" ;; esac
-for c in $CELLS; do case $c in relay|nginx-s3|mock|upstream) ;; *) die "unknown cell '$c' in CELLS" ;; esac; done
+for c in $CELLS; do
+    case $c in
+        relay|nginx-s3|mock|upstream) ;;
+        relay-b) [ "$RELAY_B" = 1 ] || die "cell relay-b needs RELAY_B_BIN and/or RELAY_B_CONFIG" ;;
+        *) die "unknown cell '$c' in CELLS" ;;
+    esac
+done
+[ "$RELAY_B" = 0 ] || [ -x "$RELAY_B_BIN" ] || die "RELAY_B_BIN: no executable at $RELAY_B_BIN"
 
 as_pg() {   # a PostgreSQL tool as the postgres user when we are root (initdb refuses root)
     if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
@@ -239,12 +260,21 @@ AIPROXY_SPOOL_DIR="$RUN_DIR/spool" \
 AIPROXY_ACCESS_LOG="$RELAY_ACCESS_LOG" \
 LISTEN_ADDR="$HOST:$RELAY_PORT" \
     start relay "$BIN" --workers 1 "$RELAY_CONFIG"
+if [ "$RELAY_B" = 1 ]; then
+    ADMIN_KEY="$ADMIN_KEY" \
+    SQL_DSN="postgres://postgres@$HOST:$PG_PORT/postgres?sslmode=disable&gssencmode=disable" \
+    REDIS_CONN_STRING="redis://$HOST:$REDIS_PORT/0" \
+    AIPROXY_SPOOL_DIR="$RUN_DIR/spool-b" \
+    AIPROXY_ACCESS_LOG="$RELAY_ACCESS_LOG" \
+    LISTEN_ADDR="$HOST:$RELAY_B_PORT" \
+        start relay-b "$RELAY_B_BIN" --workers 1 "$RELAY_B_CONFIG"
+fi
 # The relay's log queue (moongate.batch) spills rows to a spool file on disk when
 # PostgreSQL falls behind (more than memory_rows waiting) and replays them later.
 # This watcher notes every spool file it sees (bash builtins only: a glob and a
 # read with a timeout, no process per look), so the report can say whether the
 # logging kept up in memory. Its CPU is negligible and counted as foreign.
-mkdir -p spool
+mkdir -p spool spool-b
 rm -f tmp/watch.fifo          # left by an earlier run in the same RUN_DIR
 mkfifo tmp/watch.fifo
 (
@@ -253,9 +283,9 @@ mkfifo tmp/watch.fifo
     tick=0
     while :; do
         tick=$((tick+1)); [ $((tick % 10)) = 0 ] && pg_share
-        for f in spool/*; do
+        for f in spool/* spool-b/*; do
             [ -e "$f" ] || continue
-            f=${f#spool/}
+            f=${f#spool/}; f=${f#spool-b/}
             [ -n "${seen[$f]:-}" ] && continue
             seen[$f]=1
             printf '%(%H:%M:%S)T %s\n' -1 "$f" >>logs/spool-files.txt
@@ -270,6 +300,7 @@ wait_listen upstream "$UPSTREAM_PORT" 10
 wait_listen nginx-s3 "$NGINX_S3_PORT" 10
 wait_listen mock "$MOCK_PORT" 15
 wait_listen relay "$RELAY_PORT" 15
+[ "$RELAY_B" = 0 ] || wait_listen relay-b "$RELAY_B_PORT" 15
 sleep 0.5
 
 declare -A PROCINFO=()
@@ -323,6 +354,11 @@ for i in $(seq 1 50); do     # the channel list is cached for a moment: retry
 done
 expect "relay chat" "$r" '200|{*"object":"chat.completion"*}'
 expect "relay chat model" "$r" '*"model":"gpt-4o-mini"*'
+if [ "$RELAY_B" = 1 ]; then
+    r=$(post "$RELAY_B_PORT" "Bearer sk-$KEY"); CHECK_RELAY=$((CHECK_RELAY+1))
+    expect "relay-b chat" "$r" '200|{*"object":"chat.completion"*}'
+    expect "relay-b chat model" "$r" '*"model":"gpt-4o-mini"*'
+fi
 # The RPM check leaves its counter in Redis (the relay sends X-RateLimit-* headers only on a 429).
 rk=$(redis-cli -h "$HOST" -p "$REDIS_PORT" --scan --pattern "aiproxy:limit:bench:$MODEL:*:rpm" | head -n 1)
 [ -n "$rk" ] && [ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" get "$rk")" -ge 1 ] \
@@ -354,8 +390,10 @@ proc_ticks() {   # "relay mock redis postgres nginx-s3 upstream" ticks, in that 
     for n in $COMPONENTS; do args+=("$n=${PID[$n]}"); done
     "$PY" "$HERE/relay/ticks.py" "${args[@]}" | tr ' ' '\n' | cut -d= -f2 | tr '\n' ' '
 }
-sys_ticks() {    # "relay nginx-s3" kernel (stime) ticks: where the gateways' CPU goes
-    "$PY" "$HERE/relay/ticks.py" "relay-sys=${PID[relay]}" "nginx-s3-sys=${PID[nginx-s3]}" |
+sys_ticks() {    # "relay nginx-s3" kernel (stime) ticks: where the gateways' CPU goes; then relay-b's
+                 # ticks and its kernel ticks (0 0 without it)
+    "$PY" "$HERE/relay/ticks.py" "relay-sys=${PID[relay]}" "nginx-s3-sys=${PID[nginx-s3]}" \
+        "relay-b=${PID[relay-b]:-0}" "relay-b-sys=${PID[relay-b]:-0}" |
         tr ' ' '\n' | cut -d= -f2 | tr '\n' ' '
 }
 tcp_counters() {   # the machine's TCP "ActiveOpens RetransSegs" (connect() calls, retransmitted segments), /proc/net/snmp
@@ -379,8 +417,8 @@ quiet_gate() {
     done
 }
 NOT_QUIET=0
-declare -A CELL_PORT=([relay]=$RELAY_PORT [nginx-s3]=$NGINX_S3_PORT [mock]=$MOCK_PORT [upstream]=$UPSTREAM_PORT)
-declare -A CELL_AUTH=([relay]="Bearer sk-$KEY" [nginx-s3]="Bearer $NGINX_KEY" [mock]="Bearer $DIRECT_KEY" [upstream]="Bearer $DIRECT_KEY")
+declare -A CELL_PORT=([relay]=$RELAY_PORT [relay-b]=$RELAY_B_PORT [nginx-s3]=$NGINX_S3_PORT [mock]=$MOCK_PORT [upstream]=$UPSTREAM_PORT)
+declare -A CELL_AUTH=([relay]="Bearer sk-$KEY" [relay-b]="Bearer sk-$KEY" [nginx-s3]="Bearer $NGINX_KEY" [mock]="Bearer $DIRECT_KEY" [upstream]="Bearer $DIRECT_KEY")
 declare -A SENT=()   # cell -> requests wrk completed against it (warm-ups and discarded tries included)
 wrk_run() {   # wrk_run CELL DURATION OUTFILE
     taskset -c "$CLIENT_CPU" wrk -t"$THREADS" -c"$CONNS" -d"$2" --latency -s "$HERE/relay/chat.lua" \
@@ -418,7 +456,7 @@ bench() {   # bench REP CELL -> appends one line to load.tsv
         wa=$(times_ticks tmp/times.a); wb=$(times_ticks tmp/times.b)
         # load.tsv: rep cell port rps p50 p99 total non2xx sockerr cpu0% cpu1% cpu1_ticks
         #           relay mock redis postgres nginx-s3 upstream (ticks) foreign% tries new_connections retransmits steal%
-        #           relay_sys nginx-s3_sys (kernel ticks of the two gateways)
+        #           relay_sys nginx-s3_sys (kernel ticks of the two gateways) relay-b relay-b_sys
         # new_connections: the machine's TCP active opens during the run minus wrk's CONNS,
         # i.e. the connections the gateway opened to its upstream (or anyone else did);
         # retransmits: the machine's retransmitted TCP segments during the run (a SYN
@@ -432,11 +470,12 @@ bench() {   # bench REP CELL -> appends one line to load.tsv
                 for (i = 1; i <= n; i++) { v = s1[i] - s0[i]; srv += v; d = d "\t" v }
                 el = y[3]-x[3];
                 c0 = 100 * (y[2]-x[2]) / el; c1 = 100 * (y[5]-x[5]) / (y[6]-x[6]);
-                fo = 100 * ((y[1]-x[1]) + (y[4]-x[4]) - srv - wrk) / el; if (fo < 0) fo = 0;
                 split(ka, k0, " "); split(kb, k1, " ");
-                printf "%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%d%s\t%.1f\t%d\t%d\t%d\t%.1f\t%d\t%d\n",
+                srv_all = srv + k1[3]-k0[3];                # relay-b, when there is one, is ours too
+                fo = 100 * ((y[1]-x[1]) + (y[4]-x[4]) - srv_all - wrk) / el; if (fo < 0) fo = 0;
+                printf "%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%d%s\t%.1f\t%d\t%d\t%d\t%.1f\t%d\t%d\t%d\t%d\n",
                        fo, rep, cell, port, w[1], w[2], w[3], w[4], w[5], w[6], c0, c1, y[5]-x[5], d, fo, att, opens, retrans,
-                       100 * (y[7]-x[7]) / el, k1[1]-k0[1], k1[2]-k0[2] }')
+                       100 * (y[7]-x[7]) / el, k1[1]-k0[1], k1[2]-k0[2], k1[3]-k0[3], k1[4]-k0[4] }')
         foreign=${row%%$'\t'*}
         row=${row#*$'\t'}
         if awk -v f="$foreign" -v m="$FOREIGN_MAX" 'BEGIN{exit !(f > m)}' && [ "$attempt" -le "$RETRIES" ]; then
@@ -468,11 +507,12 @@ fi
 if [ "$SOCKERR" != 0 ]; then
     CHECKS+=("WARNING: $SOCKERR wrk socket errors, $TIMEOUTS of them timeouts (no answer within 2 s), see raw/")
 fi
-if [[ " $CELLS " == *" relay "* ]]; then
+if [[ " $CELLS " == *" relay "* || " $CELLS " == *" relay-b "* ]]; then
     # wrk counts completed answers only: requests still in flight when a run ends are
     # answered and logged by the relay too, so up to CONNS more rows per wrk run.
-    relay_runs=$(ls raw/*-relay.warmup.txt raw/*-relay.try*.txt 2>/dev/null | wc -l)
-    sent=$(( ${SENT[relay]:-0} + CHECK_RELAY ))
+    # With a second relay, both write rows to the one PostgreSQL: counted together.
+    relay_runs=$( (ls raw/*-relay.warmup.txt raw/*-relay.try*.txt raw/*-relay-b.warmup.txt raw/*-relay-b.try*.txt 2>/dev/null || true) | wc -l)
+    sent=$(( ${SENT[relay]:-0} + ${SENT[relay-b]:-0} + CHECK_RELAY ))
     prev=-1; rows=0
     for i in $(seq 1 30); do   # the log batch flushes every second: wait until the count is stable
         sleep 1

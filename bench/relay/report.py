@@ -7,17 +7,19 @@ process columns are
 CPU ticks (utime+stime, USER_HZ) of that process tree during the run; opens = TCP connections
 opened on the machine during the run, wrk's own excluded; retrans = TCP segments retransmitted
 on the machine during the run; steal = steal time on both cores, % of one core; relay_sys and
-nginx-s3_sys: the kernel's share (stime ticks) of the two gateways."""
+nginx-s3_sys: the kernel's share (stime ticks) of the two gateways; relay-b and relay-b_sys: the
+second relay's ticks and their kernel share (0 without one; older files lack both)."""
 import statistics
 import sys
 
 COLS = ["rep", "cell", "port", "rps", "p50", "p99", "total", "non2xx", "sockerr", "cpu0", "cpu1",
         "cpu1_ticks", "relay", "mock", "redis", "postgres", "nginx-s3", "upstream", "foreign", "tries", "opens", "retrans", "steal",
-        "relay_sys", "nginx-s3_sys"]
-PROCS = ["relay", "mock", "redis", "postgres", "nginx-s3", "upstream"]
+        "relay_sys", "nginx-s3_sys", "relay-b", "relay-b_sys"]
+PROCS = ["relay", "relay-b", "mock", "redis", "postgres", "nginx-s3", "upstream"]
 # cell -> (what it is, its gateway process, its upstream process)
 CELLS = {
     "relay": ("moongate AI proxy relay -> mock", "relay", "mock"),
+    "relay-b": ("the second relay (RELAY_B_BIN / RELAY_B_CONFIG) -> mock", "relay-b", "mock"),
     "nginx-s3": ("nginx S3 policy-proxy -> upstream nginx", "nginx-s3", "upstream"),
     "mock": ("mock provider alone (reference)", None, "mock"),
     "upstream": ("upstream nginx alone, S0 (reference)", None, "upstream"),
@@ -26,6 +28,7 @@ CELLS = {
 
 def parse(line, hz):
     r = dict(zip(COLS, line.rstrip("\n").split("\t")))
+    r.update({k: "0" for k in COLS if k not in r})
     for k in COLS[3:]:
         r[k] = float(r.get(k, 0))
     r["rep"] = int(r["rep"])
@@ -119,6 +122,18 @@ def summary(rows):
         if ratios:
             out.append("- relay / nginx S3 per repetition: %s (median %.2f)" % (
                 ", ".join("%.2f" % x for x in ratios), statistics.median(ratios)))
+    if "relay" in g and "relay-b" in g:
+        by_rep = {}
+        for r in g["relay"] + g["relay-b"]:
+            by_rep.setdefault(r["rep"], {})[r["cell"]] = r
+        pairs = [d for _, d in sorted(by_rep.items()) if len(d) == 2]
+        diffs = [d["relay"]["gw_us"] - d["relay-b"]["gw_us"] for d in pairs]
+        user = [(d["relay"]["gw_us"] - d["relay"]["gw_sys_us"]) - (d["relay-b"]["gw_us"] - d["relay-b"]["gw_sys_us"])
+                for d in pairs]
+        if diffs:
+            out.append("- **relay − relay-b gateway, per repetition: %s; median %+.1f µs/req** (user space %+.1f), "
+                       "relay lower in %d of %d" % (", ".join("%+.1f" % x for x in diffs), statistics.median(diffs),
+                                                    statistics.median(user), sum(1 for x in diffs if x < 0), len(diffs)))
     return "\n".join(out)
 
 
