@@ -253,22 +253,17 @@ wait_listen redis "$REDIS_PORT" 10
 start upstream nginx -p "$RUN_DIR/" -c "$RUN_DIR/conf/upstream-nginx.conf" -g 'daemon off;'
 start nginx-s3 nginx -p "$RUN_DIR/" -c "$RUN_DIR/conf/nginx-gateway.conf" -g 'daemon off;'
 LISTEN_ADDR="$HOST:$MOCK_PORT" start mock "$BIN" "$REPO/examples/mock-openai/gateway.lua"
-ADMIN_KEY="$ADMIN_KEY" \
-SQL_DSN="postgres://postgres@$HOST:$PG_PORT/postgres?sslmode=disable&gssencmode=disable" \
-REDIS_CONN_STRING="redis://$HOST:$REDIS_PORT/0" \
-AIPROXY_SPOOL_DIR="$RUN_DIR/spool" \
-AIPROXY_ACCESS_LOG="$RELAY_ACCESS_LOG" \
-LISTEN_ADDR="$HOST:$RELAY_PORT" \
-    start relay "$BIN" --workers 1 "$RELAY_CONFIG"
-if [ "$RELAY_B" = 1 ]; then
+start_relay() {   # start_relay NAME BINARY CONFIG PORT SPOOL_DIR
     ADMIN_KEY="$ADMIN_KEY" \
     SQL_DSN="postgres://postgres@$HOST:$PG_PORT/postgres?sslmode=disable&gssencmode=disable" \
     REDIS_CONN_STRING="redis://$HOST:$REDIS_PORT/0" \
-    AIPROXY_SPOOL_DIR="$RUN_DIR/spool-b" \
+    AIPROXY_SPOOL_DIR="$5" \
     AIPROXY_ACCESS_LOG="$RELAY_ACCESS_LOG" \
-    LISTEN_ADDR="$HOST:$RELAY_B_PORT" \
-        start relay-b "$RELAY_B_BIN" --workers 1 "$RELAY_B_CONFIG"
-fi
+    LISTEN_ADDR="$HOST:$4" \
+        start "$1" "$2" --workers 1 "$3"
+}
+start_relay relay "$BIN" "$RELAY_CONFIG" "$RELAY_PORT" "$RUN_DIR/spool"
+[ "$RELAY_B" = 0 ] || start_relay relay-b "$RELAY_B_BIN" "$RELAY_B_CONFIG" "$RELAY_B_PORT" "$RUN_DIR/spool-b"
 # The relay's log queue (moongate.batch) spills rows to a spool file on disk when
 # PostgreSQL falls behind (more than memory_rows waiting) and replays them later.
 # This watcher notes every spool file it sees (bash builtins only: a glob and a
