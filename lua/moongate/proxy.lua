@@ -136,29 +136,22 @@ local function members_or_invalid(v, ...)
   return v, ...
 end
 
--- One to three keys, the usual call, without varargs: LuaJIT does not
--- compile passing `...` on ("NYI: bytecode VARG") and ran the rest of the
--- caller in its interpreter. More keys take the general path.
+-- One to three keys, the usual call, without passing `...` on: LuaJIT does
+-- not compile that ("NYI: bytecode VARG") and ran the rest of the caller in
+-- its interpreter. More keys take the general path. One result per key.
 function Response:json_member(k1, k2, k3, ...)
   local ok, kind, msg = self:hold()
   if not ok then return nil, kind, msg end
   local h = self._h
-  if k3 == nil then
-    if k2 == nil then
-      local a, b = h:members(k1)
-      if a == nil then return nil, "invalid", b end
-      return a
-    end
-    local a, b = h:members(k1, k2)
-    if a == nil then return nil, "invalid", b end
-    return a, b
-  end
-  if select("#", ...) == 0 then
-    local a, b, c = h:members(k1, k2, k3)
-    if a == nil then return nil, "invalid", b end
-    return a, b, c
-  end
-  return members_or_invalid(h:members(k1, k2, k3, ...))
+  if select("#", ...) > 0 then return members_or_invalid(h:members(k1, k2, k3, ...)) end
+  local a, b, c
+  if k3 ~= nil then a, b, c = h:members(k1, k2, k3)
+  elseif k2 ~= nil then a, b = h:members(k1, k2)
+  else a, b = h:members(k1) end
+  if a == nil then return nil, "invalid", b end
+  if k3 ~= nil then return a, b, c end
+  if k2 ~= nil then return a, b end
+  return a
 end
 
 function Response:close()

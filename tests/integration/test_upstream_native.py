@@ -468,6 +468,55 @@ return {
 """
 
 
+ARITY_CONFIG = """
+return {
+  listen = "127.0.0.1:8080",
+  routes = {
+    { "GET", "/arity/*", function(req)
+        local res = req:fetch("%s" .. req.path, { stream = true })
+        local a, b, c, d = res:json_member("a", "b", "c", "d")
+        local x, y, z = res:json_member("a", "none", "c")
+        local misuse, err = pcall(res.json_member, res, "a", nil, nil, "d")
+        return 200, {
+          n = { select("#", res:json_member("a")), select("#", res:json_member("a", "b")),
+                select("#", res:json_member("a", "b", "c")), select("#", res:json_member("a", "b", "c", "d")) },
+          one = res:json_member("c"), four = { a, b, c, d }, three = { x, y, z },
+          misuse = misuse, misuse_err = tostring(err),
+        }
+      end },
+    { "GET", "/bad/*", function(req)
+        local out = {}
+        for n = 1, 4 do
+          local res = req:fetch("%s" .. req.path, { stream = true })
+          local v, kind, msg = res:json_member(unpack({ "a", "b", "c", "d" }, 1, n))
+          out[n] = { v == nil, kind, type(msg) }
+        end
+        return 200, out
+      end },
+  },
+}
+"""
+
+
+def test_json_member_gives_one_result_per_key_for_any_number_of_keys(gateway, scripted):
+    """res:json_member() takes one to three keys without varargs and more the
+    general way: one result per key either way (false when absent), nil,
+    "invalid", reason for an answer that is not a JSON object, and an error
+    for a missing key before a given one."""
+    def respond(conn, n, path):
+        if path.startswith("/bad/"):
+            return [ok(b'[1,2]')]
+        return [ok(b'{"a":1,"b":"x","c":[2],"d":null}')]
+
+    up = scripted(respond)
+    g = gateway(ARITY_CONFIG % (up.url, up.url), workers=1)
+    j = requests.get(g.url("/arity/x")).json()
+    assert j["n"] == [1, 2, 3, 4]
+    assert j["one"] == "[2]" and j["four"] == ["1", '"x"', "[2]", "null"] and j["three"] == ["1", False, "[2]"]
+    assert j["misuse"] is False and "string expected" in j["misuse_err"]
+    assert requests.get(g.url("/bad/x")).json() == [[True, "invalid", "string"]] * 4
+
+
 def test_a_held_answer_is_scanned_and_sent_from_the_c_side(gateway, scripted):
     """res:json_member() keeps the answer on the C side: its members come
     back as JSON texts and the handler answers with the response itself --
