@@ -365,6 +365,35 @@ static void json_escape_long_input_grows_buffer(void **state) {
 
 /* ---- mg_strcaseeq ------------------------------------------------------- */
 
+/* Any length, every digit lower-case hex, nothing written past n, and two
+ * draws differ (16 digits come from each 64-bit draw). */
+static void random_hex_fills_exactly_n_hex_digits(void **state) {
+  (void)state;
+  for (int n = 1; n <= 64; n++) {
+    char out[80];
+    memset(out, '#', sizeof out);
+    mg_random_hex(out, n);
+    for (int i = 0; i < n; i++)
+      assert_non_null(strchr("0123456789abcdef", out[i]));
+    for (int i = n; i < (int)sizeof out; i++) assert_int_equal(out[i], '#');
+  }
+  char a[33] = {0}, b[33] = {0};
+  mg_random_hex(a, 32);
+  mg_random_hex(b, 32);
+  assert_string_not_equal(a, b);
+  assert_memory_not_equal(a, a + 16, 16);   /* two draws, not one repeated */
+  /* Every digit turns up at even and at odd positions (digits come in pairs). */
+  int seen[2][16] = {{0}};
+  for (int k = 0; k < 200; k++) {
+    mg_random_hex(a, 32);
+    for (int i = 0; i < 32; i++) seen[i & 1][strchr("0123456789abcdef", a[i]) - "0123456789abcdef"] = 1;
+  }
+  for (int d = 0; d < 16; d++) {
+    assert_true(seen[0][d]);
+    assert_true(seen[1][d]);
+  }
+}
+
 static void strcaseeq_compares_length_and_case(void **state) {
   assert_true(mg_strcaseeq("Host", 4, "host", 4));
   assert_false(mg_strcaseeq("Host", 4, "hos", 3));
@@ -438,6 +467,7 @@ int main(void) {
     cmocka_unit_test(json_escape_appends_and_terminates),
     cmocka_unit_test(json_escape_long_input_grows_buffer),
     cmocka_unit_test(strcaseeq_compares_length_and_case),
+    cmocka_unit_test(random_hex_fills_exactly_n_hex_digits),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
