@@ -44,7 +44,10 @@ local fetch_opts = { method = "POST", body = false, headers = false, timeout = f
 -- Model names as JSON text, made once per name.
 local json_string = util.memo(cjson.encode, 1000)
 
-local NONE_TRIED = {}   -- no channel tried yet (never written: a set is made at the first try)
+-- No channel tried yet (never written): the set of tried channels is made
+-- only for a retry, not for every relayed request (a table and its hash
+-- part, for the collector to sweep).
+local NONE_TRIED = {}
 
 -- The headers every request to a channel carries, made once per channel
 -- object (a catalog snapshot's channels are rebuilt when it is reloaded).
@@ -355,12 +358,14 @@ local function relay(req, ep)
     local m = i == 0 and model or fallbacks[i]
     if i > 0 and m == model then goto next_model end
     local mcfg = m == model and cfg or catalog.model_config(snap, m)
-    local tried = NONE_TRIED
+    local tried, ch = NONE_TRIED, nil
     for _ = 1, 1 + mcfg.retry_times do
-      local ch = catalog.pick(snap, m, tried, attempts == 0 and now or nil)
+      if ch then                                 -- a retry: leave out the channels tried
+        if tried == NONE_TRIED then tried = {} end
+        tried[ch.id] = true
+      end
+      ch = catalog.pick(snap, m, tried, attempts == 0 and now or nil)
       if not ch then break end
-      if tried == NONE_TRIED then tried = {} end
-      tried[ch.id] = true
       attempts = attempts + 1
       local upstream_model = ch.model_mapping[m] or m
       row.channel_id, row.upstream_model = ch.id, upstream_model
