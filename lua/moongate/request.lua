@@ -163,6 +163,10 @@ end
 -- policy, error): set after the response policies ran, replacing a header of
 -- the same name (any case). A proxied answer keeps being relayed from C: its
 -- headers are not read into a table for this.
+-- One header (request-id's, on every answer) is the usual case: it is kept
+-- in two fields of the request, _set1_name and _set1_value; a table
+-- (_resp_set) is made only for a second one -- not two more objects per
+-- request for the collector.
 function methods.set_response_header(r, name, value)
   if type(name) ~= "string" then error("set_response_header: name must be a string", 2) end
   if type(value) ~= "string" then
@@ -170,28 +174,53 @@ function methods.set_response_header(r, name, value)
     value = tostring(value)
   end
   local sets = rawget(r, "_resp_set")
-  if not sets then sets = {}; r._resp_set = sets end
+  if not sets then
+    local first = rawget(r, "_set1_name")
+    if first == nil or first == name or (#first == #name and first:lower() == name:lower()) then
+      r._set1_name, r._set1_value = name, value
+      return
+    end
+    sets = { [first] = r._set1_value }
+    r._resp_set = sets
+  end
   drop_other_spellings(sets, name)
   sets[name] = value
 end
 
 -- Puts the request's set_response_header() headers into a headers table.
--- One header (request-id's) is the usual case: one loop, not a loop in a
--- loop, which LuaJIT gave up compiling here (and ran in its interpreter).
 local function apply_response_headers(r, headers)
   local sets = rawget(r, "_resp_set")
-  if not sets then return end
-  local name, value = next(sets)
-  if name == nil then return end
-  if next(sets, name) == nil then
+  if not sets then
+    local name = rawget(r, "_set1_name")
+    if name == nil then return end
     drop_other_spellings(headers, name)
-    headers[name] = value
+    headers[name] = r._set1_value
     return
   end
   for n, v in pairs(sets) do
     drop_other_spellings(headers, n)
     headers[n] = v
   end
+end
+
+-- The set_response_header() headers as a table for the C side, which reads
+-- it before it returns (nil when there are none): the one-header case in a
+-- table kept for the purpose, emptied by done_response_set -- and here too,
+-- in case the C call raised before that ran (it never holds more than one).
+local one_set = {}
+local function response_set(r)
+  local sets = rawget(r, "_resp_set")
+  if sets then return sets end
+  local name = rawget(r, "_set1_name")
+  if name == nil then return nil end
+  local stale = next(one_set)
+  if stale ~= nil then one_set[stale] = nil end
+  one_set[name] = r._set1_value
+  return one_set
+end
+local function done_response_set(r)
+  local name = rawget(r, "_set1_name")
+  if name ~= nil then one_set[name] = nil end
 end
 
 function methods.set_body(r, body)
@@ -242,7 +271,9 @@ local function stream_response(r, res)
   hooks.response_phase(r, res)
   local headers, upstream = rawget(res, "headers"), rawget(res, "_upstream")
   if upstream and headers == nil then
-    return core.stream_start(r._cx, r._sn, res.status, rawget(r, "_resp_set"), upstream)
+    local ok, err = core.stream_start(r._cx, r._sn, res.status, response_set(r), upstream)
+    done_response_set(r)
+    return ok, err
   end
   headers = headers or {}
   apply_response_headers(r, headers)
@@ -269,6 +300,7 @@ end
 local M = { Request = Request, methods = methods, parse_query = parse_query,
             encode_query = encode_query, stream_response = stream_response,
             apply_response_headers = apply_response_headers,
+            response_set = response_set, done_response_set = done_response_set,
             hooks = hooks }
 
 -- Not `return setmetatable(...)`: a tail call to a builtin with side

@@ -314,6 +314,54 @@ return {
     assert r.raw.headers.getlist("X-Request-ID") == ["client-id-7"]
 
 
+def test_response_headers_set_per_request_on_relayed_heads(gateway, upstream):
+    """req:set_response_header() on answers whose head is relayed from C: one
+    header (kept in the request, handed to C in a shared table), two (a table
+    of their own), the same name again in another case -- and nothing of one
+    request's headers on the next."""
+    u = upstream()
+    g = gateway("""
+return {
+  listen = "127.0.0.1:8080",
+  policies = {},
+  upstreams = { up = { targets = %s } },
+  routes = {
+    { "GET", "/one/:v", function(req)
+        req:set_response_header("X-One-" .. req.params.v, req.params.v)
+        return req:proxy("up", { path = "/v1/hop" })
+      end },
+    { "GET", "/two", function(req)
+        req:set_response_header("X-A", "a")
+        req:set_response_header("X-B", "b")
+        return req:proxy("up", { path = "/v1/hop" })
+      end },
+    { "GET", "/again", function(req)
+        req:set_response_header("X-Normal", "first")
+        req:set_response_header("x-normal", "ours")      -- replaces, whatever the case
+        return req:proxy("up", { path = "/v1/hop" })
+      end },
+    { "GET", "/bad", function(req)
+        req:set_response_header("X-Bad", "a\\r\\nb")     -- refused by the C side: 500
+        return req:proxy("up", { path = "/v1/hop" })
+      end },
+  },
+}
+""" % targets(u.url))
+    for v in ("p", "q", "p"):
+        r = requests.get(g.url("/one/" + v))
+        assert r.status_code == 200 and r.json() == {"hop": True}
+        mine = sorted(k.lower() for k in r.headers if k.lower().startswith("x-one-"))
+        assert mine == ["x-one-" + v] and r.headers["x-one-" + v] == v, dict(r.headers)
+    r = requests.get(g.url("/two"))
+    assert r.headers.get("x-a") == "a" and r.headers.get("x-b") == "b", dict(r.headers)
+    r = requests.get(g.url("/again"))
+    assert r.raw.headers.getlist("X-Normal") == ["ours"], dict(r.headers)   # the upstream's replaced
+    assert requests.get(g.url("/bad")).status_code == 500
+    r = requests.get(g.url("/one/z"))
+    assert r.status_code == 200
+    assert [k for k in r.headers if k.lower().startswith(("x-one-", "x-bad", "x-a", "x-b"))] == ["X-One-z"]
+
+
 def test_trace_context_request_id_and_access_log(gateway, upstream):
     u = upstream()
     g = gateway(config('up = { targets = %s }' % targets(u.url)))
