@@ -383,10 +383,11 @@ static void random_hex_fills_exactly_n_hex_digits(void **state) {
   assert_string_not_equal(a, b);
   assert_memory_not_equal(a, a + 16, 16);   /* two draws, not one repeated */
   /* Every digit turns up at even and at odd positions (digits come in pairs). */
+  static const char digits[] = "0123456789abcdef";
   int seen[2][16] = {{0}};
   for (int k = 0; k < 200; k++) {
     mg_random_hex(a, 32);
-    for (int i = 0; i < 32; i++) seen[i & 1][strchr("0123456789abcdef", a[i]) - "0123456789abcdef"] = 1;
+    for (int i = 0; i < 32; i++) seen[i & 1][strchr(digits, a[i]) - digits] = 1;
   }
   for (int d = 0; d < 16; d++) {
     assert_true(seen[0][d]);
