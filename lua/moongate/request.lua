@@ -181,7 +181,7 @@ function methods.set_response_header(r, name, value)
       return
     end
     sets = { [first] = r._set1_value }
-    r._resp_set = sets
+    r._resp_set, r._set1_name, r._set1_value = sets, nil, nil
   end
   drop_other_spellings(sets, name)
   sets[name] = value
@@ -205,8 +205,8 @@ end
 
 -- The set_response_header() headers as a table for the C side, which reads
 -- it before it returns (nil when there are none): the one-header case in a
--- table kept for the purpose, emptied by done_response_set -- and here too,
--- in case the C call raised before that ran (it never holds more than one).
+-- table kept for the purpose, holding only the latest request's header (the
+-- one before is taken out first).
 local one_set = {}
 local function response_set(r)
   local sets = rawget(r, "_resp_set")
@@ -217,10 +217,6 @@ local function response_set(r)
   if stale ~= nil then one_set[stale] = nil end
   one_set[name] = r._set1_value
   return one_set
-end
-local function done_response_set(r)
-  local name = rawget(r, "_set1_name")
-  if name ~= nil then one_set[name] = nil end
 end
 
 function methods.set_body(r, body)
@@ -271,9 +267,7 @@ local function stream_response(r, res)
   hooks.response_phase(r, res)
   local headers, upstream = rawget(res, "headers"), rawget(res, "_upstream")
   if upstream and headers == nil then
-    local ok, err = core.stream_start(r._cx, r._sn, res.status, response_set(r), upstream)
-    done_response_set(r)
-    return ok, err
+    return core.stream_start(r._cx, r._sn, res.status, response_set(r), upstream)
   end
   headers = headers or {}
   apply_response_headers(r, headers)
@@ -300,7 +294,7 @@ end
 local M = { Request = Request, methods = methods, parse_query = parse_query,
             encode_query = encode_query, stream_response = stream_response,
             apply_response_headers = apply_response_headers,
-            response_set = response_set, done_response_set = done_response_set,
+            response_set = response_set,
             hooks = hooks }
 
 -- Not `return setmetatable(...)`: a tail call to a builtin with side

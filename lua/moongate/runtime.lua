@@ -18,7 +18,7 @@ local cjson = require "cjson"
 local config = require "moongate.config"
 local request = require "moongate.request"
 local apply_response_headers = request.apply_response_headers
-local response_set, done_response_set = request.response_set, request.done_response_set
+local response_set = request.response_set
 local proxy = require "moongate.proxy"
 local status_of_failure = require("moongate.upstream").status_of_failure
 local failure_messages = require("moongate.upstream").messages
@@ -108,7 +108,6 @@ local function send(req, res)
       local _ = res.headers
     else
       respond(req._cx, req._sn, res.status, response_set(req), body or "", upstream)
-      done_response_set(req)
       return
     end
   end

@@ -363,18 +363,19 @@ static void json_escape_long_input_grows_buffer(void **state) {
   mg_buf_free(&b);
 }
 
-/* ---- mg_strcaseeq ------------------------------------------------------- */
+/* ---- mg_random_hex ------------------------------------------------------ */
 
 /* Any length, every digit lower-case hex, nothing written past n, and two
  * draws differ (16 digits come from each 64-bit draw). */
 static void random_hex_fills_exactly_n_hex_digits(void **state) {
   (void)state;
+  static const char digits[] = "0123456789abcdef";
   for (int n = 1; n <= 64; n++) {
     char out[80];
     memset(out, '#', sizeof out);
     mg_random_hex(out, n);
     for (int i = 0; i < n; i++)
-      assert_non_null(strchr("0123456789abcdef", out[i]));
+      assert_non_null(strchr(digits, out[i]));
     for (int i = n; i < (int)sizeof out; i++) assert_int_equal(out[i], '#');
   }
   char a[33] = {0}, b[33] = {0};
@@ -383,7 +384,6 @@ static void random_hex_fills_exactly_n_hex_digits(void **state) {
   assert_string_not_equal(a, b);
   assert_memory_not_equal(a, a + 16, 16);   /* two draws, not one repeated */
   /* Every digit turns up at even and at odd positions (digits come in pairs). */
-  static const char digits[] = "0123456789abcdef";
   int seen[2][16] = {{0}};
   for (int k = 0; k < 200; k++) {
     mg_random_hex(a, 32);
@@ -394,6 +394,8 @@ static void random_hex_fills_exactly_n_hex_digits(void **state) {
     assert_true(seen[1][d]);
   }
 }
+
+/* ---- mg_strcaseeq ------------------------------------------------------- */
 
 static void strcaseeq_compares_length_and_case(void **state) {
   assert_true(mg_strcaseeq("Host", 4, "host", 4));
