@@ -23,6 +23,7 @@ local openai = require "lib.openai"
 local util = require "lib.util"
 
 local byte, find, sub = string.byte, string.find, string.sub
+local table_new = require "table.new"
 
 local DEFAULT_COMPLETION = 512   -- tokens reserved for TPM when max_tokens is absent
 local CONNECT_TIMEOUT = 10       -- seconds, per channel attempt
@@ -288,7 +289,7 @@ local function client_left(st, reservation)
   return 499, "client closed the request"
 end
 
-local function relay(req, ep)
+local function relay_with(req, ep, st)
   local tok = req.ctx.token
   -- The clock read once for the request's synchronous start: the row's
   -- time, the catalog's refresh check, the limits' window, the first pick
@@ -297,7 +298,7 @@ local function relay(req, ep)
   local t0 = math.floor(now * 1000)
   local row = accounting.row(req, tok, ep.path, t0)
   local raw = req:body()
-  local st = { t0 = t0, ttfb = 0, row = row, req_id = req.id, raw = raw, kind = ep.kind }
+  st.t0, st.ttfb, st.row, st.req_id, st.raw, st.kind = t0, 0, row, req.id, raw, ep.kind
 
   -- The members the relay reads, found by a scan that also checks that the
   -- body is one JSON object (as cjson takes it); the whole body is decoded
@@ -487,7 +488,36 @@ local function relay(req, ep)
     log(st, 200)
   end
   if st.answer == nil then return end             -- streamed: already sent
-  return 200, st.answer, { ["Content-Type"] = "application/json" }
+  -- Room for the request id's header too: a table grown from one key to
+  -- two is rehashed (one more allocation per relayed request).
+  local headers = table_new(0, 2)
+  headers["Content-Type"] = "application/json"
+  return 200, st.answer, headers
+end
+
+-- A request's state table is reused by the next request once this one is
+-- answered, like the log rows (accounting.lua): not a table and its hash
+-- part for the collector per relayed request. Nothing keeps `st` after
+-- relay_with returns; a request that raised leaves its table to the
+-- collector.
+local free_st, nfree_st = {}, 0
+
+local function relay(req, ep)
+  local st = free_st[nfree_st]
+  if st then
+    free_st[nfree_st] = nil
+    nfree_st = nfree_st - 1
+  else
+    st = table_new(0, 11)
+  end
+  local status, body, headers = relay_with(req, ep, st)
+  if nfree_st < 256 then
+    st.t0, st.ttfb, st.row, st.req_id, st.raw, st.kind = nil, nil, nil, nil, nil, nil
+    st.model, st.answer, st.body, st.est_prompt, st.client_usage = nil, nil, nil, nil, nil
+    nfree_st = nfree_st + 1
+    free_st[nfree_st] = st
+  end
+  return status, body, headers
 end
 
 local H = {}
