@@ -16,6 +16,20 @@ test("clean_utf8 turns every byte outside a valid character into ?", function()
   eq(core.clean_utf8("\xe2\x82\xac\x80\xc3\xa9"), "\xe2\x82\xac?\xc3\xa9")
 end)
 
+test("clean_utf8 finds a bad byte at any position of a long ASCII text (scanned 8 bytes at a time)", function()
+  for len = 1, 40 do
+    for at = 1, len do
+      local plain = string.rep("a", len)
+      for _, bad in ipairs({ "\0", "\xff", "\x80" }) do
+        local s = plain:sub(1, at - 1) .. bad .. plain:sub(at + 1)
+        eq(core.clean_utf8(s), plain:sub(1, at - 1) .. "?" .. plain:sub(at + 1))
+      end
+      local s = plain:sub(1, at - 1) .. "\xc3\xa9" .. plain:sub(at + 1)   -- a valid 2-byte character
+      eq(core.clean_utf8(s), s)
+    end
+  end
+end)
+
 test("clean_utf8 refuses what is not a string", function()
   local ok, err = pcall(core.clean_utf8, 42)
   eq(ok, false)
