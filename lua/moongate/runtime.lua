@@ -25,6 +25,14 @@ local failure_messages = require("moongate.upstream").messages
 
 local M = {}
 
+-- The JIT compiles a side trace for an exit taken twice, not ten times (its
+-- default): a request's code leaves its traces at the same few places (a
+-- coroutine resumed after a wait, a policy's early return), and the
+-- interpreter ran those paths until the tenth exit. Callgrind, AI relay:
+-- 0.85k fewer instructions per relayed request (1.7%). It makes more side
+-- traces: room for four times as many, with the machine code they need.
+require("jit.opt").start("hotexit=2", "maxtrace=4000", "maxmcode=2048")
+
 local routes, global
 local respond, stream_end, response_started = core.respond, core.stream_end, core.response_started
 local co_yield, DONE = coroutine.yield, core.DONE
