@@ -9,7 +9,6 @@ local buffer = require "string.buffer"
 local core = require "moongate.core"
 local pg = require "moongate.postgres"
 local schema = require "lib.schema"
-local table_new = require "table.new"
 local util = require "lib.util"
 
 local M = {}
@@ -195,20 +194,13 @@ local uid_count = 0
 -- Rows are reused: push() packs a row and keeps the table for the next
 -- request (a fresh 23-field table was a third of what a relayed request
 -- allocated). So a row belongs to its request from row() to push() only.
-local free_rows, nfree = {}, 0
-local MAX_FREE = 256
+local take_row, give_row = util.table_pool(23, 256)
 
 -- A row with the request's identity filled in; now_ms: the request's start
 -- (the clock is read when absent).
 function M.row(req, tok, endpoint, now_ms)
   uid_count = uid_count + 1
-  local r = free_rows[nfree]
-  if r then
-    free_rows[nfree] = nil
-    nfree = nfree - 1
-  else
-    r = table_new(0, 23)
-  end
+  local r = take_row()
   r.uid, r.request_id, r.created_at = uid_count, req.id, now_ms or math.floor(core.now() * 1000)
   r.group_id, r.token_id, r.token_name = tok.group, tok.id, tok.name
   r.model, r.upstream_model, r.channel_id, r.endpoint = "", "", 0, endpoint
@@ -232,10 +224,7 @@ function M.push(row)
   pack_row(row, packed > 0 and "," or "")
   packed = packed + 1
   if packed >= PACK_ROWS then M.queue:push(take_pack()) end
-  if nfree < MAX_FREE then
-    nfree = nfree + 1
-    free_rows[nfree] = row
-  end
+  give_row(row)
 end
 
 return M

@@ -3,8 +3,33 @@
 local cjson = require "cjson.safe"
 local core = require "moongate.core"
 local json = require "moongate.json"
+local table_new = require "table.new"
 
 local M = {}
+
+-- Tables reused from one request to the next (log rows, the relay's
+-- per-request state): not a table and its hash part for the collector per
+-- request. take() gives a spare table, or a new one with room for nrec
+-- fields; give(t) keeps t for a later take() (up to max spares). The caller
+-- refills or clears the fields it uses, and gives back only a table that
+-- nothing else holds.
+function M.table_pool(nrec, max)
+  local free, n = {}, 0
+  local function take()
+    local t = free[n]
+    if not t then return table_new(0, nrec) end
+    free[n] = nil
+    n = n - 1
+    return t
+  end
+  local function give(t)
+    if n < max then
+      n = n + 1
+      free[n] = t
+    end
+  end
+  return take, give
+end
 
 -- Marks t as a JSON array (an empty one would otherwise encode as {}).
 M.array = json.array

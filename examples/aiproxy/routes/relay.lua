@@ -500,23 +500,14 @@ end
 -- part for the collector per relayed request. Nothing keeps `st` after
 -- relay_with returns; a request that raised leaves its table to the
 -- collector.
-local free_st, nfree_st = {}, 0
+local take_st, give_st = util.table_pool(11, 256)
 
 local function relay(req, ep)
-  local st = free_st[nfree_st]
-  if st then
-    free_st[nfree_st] = nil
-    nfree_st = nfree_st - 1
-  else
-    st = table_new(0, 11)
-  end
+  local st = take_st()
   local status, body, headers = relay_with(req, ep, st)
-  if nfree_st < 256 then
-    st.t0, st.ttfb, st.row, st.req_id, st.raw, st.kind = nil, nil, nil, nil, nil, nil
-    st.model, st.answer, st.body, st.est_prompt, st.client_usage = nil, nil, nil, nil, nil
-    nfree_st = nfree_st + 1
-    free_st[nfree_st] = st
-  end
+  st.t0, st.ttfb, st.row, st.req_id, st.raw, st.kind = nil, nil, nil, nil, nil, nil
+  st.model, st.answer, st.body, st.est_prompt, st.client_usage = nil, nil, nil, nil, nil
+  give_st(st)
   return status, body, headers
 end
 
