@@ -191,7 +191,7 @@ static int l_clean_utf8(lua_State *L) {
   const char *s = lua_tolstring(L, 1, &n);
   const unsigned char *u = (const unsigned char *)s;
   /* Plain ASCII without NUL, eight bytes at a time: what nearly every value
-   * is (the AI relay cleans each log row's request id and model this way). */
+   * is (the AI relay cleans each log row's request id this way). */
   while (n - i >= 8) {
     uint64_t v;
     memcpy(&v, u + i, 8);
