@@ -417,6 +417,28 @@ def test_usage_counts_no_integer_holds_are_estimated_and_logged(app, mock):
     assert one_log(app, chat(app, t, good))["usage_estimated"] is False
 
 
+def test_a_request_state_reused_by_the_next_request_keeps_nothing_of_it(app, mock):
+    # The relay reuses its per-request state table. Estimates are made from
+    # each request's own body: a long prompt, then a short one on the same
+    # connection (so the same worker), both without upstream usage.
+    m = uniq()
+    channel(app, mock.url(), [m], key="mock-fault-no-usage")
+    t = token(app)
+    s = requests.Session()
+    h = bearer(t)
+    h["Content-Type"] = "application/json"
+    rows = []
+    for content in ("x" * 400, "hi", "y" * 80):
+        body = {"model": m, "messages": [{"role": "user", "content": content}]}
+        r = s.post(app.url("/v1/chat/completions"), data=json.dumps(body), headers=h)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == m
+        rows.append(one_log(app, r))
+    s.close()
+    assert all(row["usage_estimated"] is True for row in rows)
+    assert [row["prompt_tokens"] for row in rows] == [100, 1, 20]
+
+
 def test_client_abort_cancels_the_upstream_stream(app, mock):
     m = uniq()
     channel(app, mock.url(), [m])

@@ -499,7 +499,8 @@ end
 -- answered, like the log rows (accounting.lua): not a table and its hash
 -- part for the collector per relayed request. Nothing keeps `st` after
 -- relay_with returns; a request that raised leaves its table to the
--- collector.
+-- collector. relay() clears every field relay_with sets: a field added
+-- there must be added to the clearing below.
 local take_st, give_st = util.table_pool(11, 256)
 
 local function relay(req, ep)
