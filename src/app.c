@@ -189,8 +189,8 @@ void mg_app_dispatch(mg_app *app, mg_request *req) {
   req->co = cx;
   lua_State *co = cx->co;
   const mg_route_match *m = &req->match;
-  /* serve(cx, serial, route, method, path, query, remote_ip, remote_port,
-   *       id, error_status, allow, params) */
+  /* serve(cx, serial, route, method, path, query, id, error_status, allow);
+   * the rest (client address, path parameters, headers) Lua asks for. */
   lua_pushlightuserdata(co, cx);
   lua_pushinteger(co, cx->serial);
   lua_pushinteger(co, m->status == 0 ? m->route + 1 : 0);
@@ -200,8 +200,6 @@ void mg_app_dispatch(mg_app *app, mg_request *req) {
     lua_pushlstring(co, req->head.data + req->path_len + 1, req->url_len - req->path_len - 1);
   else
     lua_pushliteral(co, "");
-  lua_pushstring(co, req->remote_ip);
-  lua_pushinteger(co, req->remote_port);
   lua_pushstring(co, req->id);
   lua_pushinteger(co, req->error_status ? req->error_status : m->status);
   if (m->status == 405) {
@@ -211,17 +209,7 @@ void mg_app_dispatch(mg_app *app, mg_request *req) {
   } else {
     lua_pushnil(co);
   }
-  if (m->nparams > 0) {
-    lua_createtable(co, 0, m->nparams);
-    for (int i = 0; i < m->nparams; i++) {
-      lua_pushlstring(co, m->params[i].name, m->params[i].name_len);
-      lua_pushlstring(co, req->head.data + m->params[i].off, m->params[i].len);
-      lua_rawset(co, -3);
-    }
-  } else {
-    lua_pushnil(co);
-  }
-  mg_coctx_resume(cx, 12);
+  mg_coctx_resume(cx, 9);
 }
 
 void mg_coctx_resume(mg_coctx *cx, int nargs) {

@@ -69,6 +69,28 @@ static int l_req_header(lua_State *L) {
   return 1;
 }
 
+/* core.req_peer(cx, sn) -> ip, port: the client's address (req.remote_addr,
+ * req.remote_port). Read when asked, not passed with every request. */
+static int l_req_peer(lua_State *L) {
+  mg_request *req = check_req(L);
+  lua_pushstring(L, req->remote_ip);
+  lua_pushinteger(L, req->remote_port);
+  return 2;
+}
+
+/* core.req_params(cx, sn) -> table: the route's path parameters (req.params). */
+static int l_req_params(lua_State *L) {
+  mg_request *req = check_req(L);
+  const mg_route_match *m = &req->match;
+  lua_createtable(L, 0, m->nparams);
+  for (int i = 0; i < m->nparams; i++) {
+    lua_pushlstring(L, m->params[i].name, m->params[i].name_len);
+    lua_pushlstring(L, req->head.data + m->params[i].off, m->params[i].len);
+    lua_rawset(L, -3);
+  }
+  return 1;
+}
+
 static int l_req_headers(lua_State *L) {
   mg_request *req = check_req(L);
   lua_createtable(L, 0, req->nhdr);
@@ -572,7 +594,8 @@ static int l_mkdir(lua_State *L) {
 int mg_luaopen_core(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"req_header", l_req_header}, {"req_headers", l_req_headers},
-    {"req_body", l_req_body}, {"set_id", l_set_id},
+    {"req_body", l_req_body}, {"req_peer", l_req_peer}, {"req_params", l_req_params},
+    {"set_id", l_set_id},
     {"respond", l_respond}, {"stream_start", l_stream_start},
     {"stream_write", l_stream_write}, {"stream_end", l_stream_end},
     {"response_started", l_response_started}, {"log_extra", l_log_extra},

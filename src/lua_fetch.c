@@ -15,6 +15,9 @@
  *              line each); CR/LF anywhere raises.
  *              forward: the current request's headers go first, as a proxy
  *              hop forwards them (forward.c); drop: names left out of them.
+ *              With forward, a name = value pair replaces the client's
+ *              header of that name (any case) and a false value removes it:
+ *              req:proxy() passes a request's one set of rewrites as it is.
  *              trace: the current request's X-Request-ID and traceparent
  *              follow the headers (forward includes them already).
  *   h:head()   -> status, headers | nil, kind, message, waiting for the head
@@ -129,11 +132,13 @@ static void pair_line(lua_State *L, mg_buf *out, const char *name, size_t nlen, 
 /* The name = value pairs of the headers table at t (a list value gives one
  * line per element), into out; returns how many lines. Integer keys are the
  * table's list of ready lines, read separately. */
-static int pair_lines(lua_State *L, int t, mg_buf *out) {
+static int pair_lines(lua_State *L, int t, int forward, mg_buf *out) {
   int n = 0;
   lua_pushnil(L);
   while (lua_next(L, t)) {
-    if (lua_type(L, -2) == LUA_TSTRING) {
+    /* forward: false removes the header (forward_lines left it out) */
+    int removed = forward && lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+    if (!removed && lua_type(L, -2) == LUA_TSTRING) {
       size_t nlen;
       const char *name = lua_tolstring(L, -2, &nlen);
       if (lua_istable(L, -1)) {
@@ -171,6 +176,19 @@ static int forward_lines(lua_State *L, mg_coctx *cx, mg_buf *out) {
       lua_pop(L, 1);
     }
     drop.n = n;
+  }
+  lua_pop(L, 1);
+  /* The headers table's names replace (or, false, remove) the client's. */
+  get_opt(L, OPT_HEADERS);
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      lua_pop(L, 1);
+      if (lua_type(L, -1) != LUA_TSTRING) continue;
+      if (drop.n == 32) luaL_error(L, "fetch: at most 32 header names to replace");
+      names[drop.n] = lua_tolstring(L, -1, &lens[drop.n]);      /* kept alive by the table */
+      drop.n++;
+    }
   }
   lua_pop(L, 1);
   mg_forward_request_lines(cx->req, &drop, out);
@@ -239,7 +257,7 @@ static int l_fetch(lua_State *L) {
   int tbl = lua_gettop(L);
   if (lua_istable(L, tbl)) {
     nlist = (int)lua_objlen(L, tbl);
-    nmade = pair_lines(L, tbl, fwd);
+    nmade = pair_lines(L, tbl, forward, fwd);
   }
   get_opt(L, OPT_TRACE);
   if (lua_toboolean(L, -1) && !forward && cx->req) nmade += trace_lines(cx->req, fwd);

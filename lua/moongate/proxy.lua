@@ -169,6 +169,18 @@ M.Response = Response
 -- see it half-filled.
 local fetch_opts = { url = false, path = false, method = false, headers = false, trace = true, body = false,
                      timeout = false, connect_timeout = false }
+-- up:request's spec, likewise one table: up:request reads it before it waits.
+local request_spec = {}
+
+local function upstream_request(up, method, pq, headers, drop, body, key, timeout, id, trace,
+                                 forward, status_only)
+  local s = request_spec
+  s.method, s.path_and_query, s.headers, s.drop, s.body, s.key = method, pq, headers, drop, body, key
+  s.timeout, s.request_id, s.trace, s.forward, s.status_only = timeout, id, trace, forward, status_only
+  local h, t, status, rh = up:request(s)
+  s.headers, s.drop, s.body = nil, nil, nil    -- read already; nothing kept alive by the table
+  return h, t, status, rh
+end
 
 function methods.fetch(r, target, opts)
   opts = opts or {}
@@ -197,9 +209,8 @@ function methods.fetch(r, target, opts)
   local timeout = opts.timeout and opts.timeout * 1000
   local h, t, status, rh
   if up then
-    h, t, status, rh = up:request({ method = method, path_and_query = pq, headers = headers,
-                                    trace = true, body = body, key = opts.key, timeout = timeout,
-                                    request_id = r.id, status_only = stream })
+    h, t, status, rh = upstream_request(up, method, pq, headers, nil, body, opts.key, timeout, r.id,
+                                        true, nil, stream)
     if not h then return nil, t, status end          -- nil, kind, message
   else
     local kind, msg
@@ -280,15 +291,22 @@ function methods.proxy(r, name, opts)
   local up = M.registry[name]
   if not up then error(string.format("unknown upstream %q", tostring(name)), 2) end
   -- Request headers: the client's, minus hop-by-hop, plus forwarding facts,
-  -- composed by the C side (forward.c); only the rewrites are made here.
-  local lines, drop = NO_LINES, nil
+  -- composed by the C side (forward.c), which also applies one set of
+  -- rewrites as it is (the usual case: an auth policy's); several are
+  -- merged here first.
+  local headers, drop = nil, nil
   local hs, uh, oh = rawget(r, "_hdr_set"), rawget(r, "upstream_headers"), opts.headers
-  if (hs and next(hs)) or (uh and next(uh)) or (oh and next(oh)) then
+  if hs and next(hs) == nil then hs = nil end
+  if uh and next(uh) == nil then uh = nil end
+  if oh and next(oh) == nil then oh = nil end
+  if (hs and 1 or 0) + (uh and 1 or 0) + (oh and 1 or 0) == 1 then
+    headers = hs or uh or oh
+  elseif hs or uh or oh then
     local seen = {}
-    lines, drop = {}, {}
-    if oh then overrides(lines, drop, seen, oh) end     -- the last source wins
-    if uh then overrides(lines, drop, seen, uh) end
-    if hs then overrides(lines, drop, seen, hs) end
+    headers, drop = {}, {}
+    if oh then overrides(headers, drop, seen, oh) end     -- the last source wins
+    if uh then overrides(headers, drop, seen, uh) end
+    if hs then overrides(headers, drop, seen, hs) end
   end
 
   local path = opts.path or r.path
@@ -296,11 +314,8 @@ function methods.proxy(r, name, opts)
   local method = opts.method or r.method
   local body = opts.body or r:body()
   if body == "" and (method == "GET" or method == "HEAD") then body = nil end
-  local h, t, status = up:request({
-    method = method, path_and_query = q ~= "" and (path .. "?" .. q) or path,
-    headers = lines, drop = drop, forward = true, status_only = true,
-    body = body, key = opts.key, request_id = r.id,
-  })
+  local h, t, status = upstream_request(up, method, q ~= "" and (path .. "?" .. q) or path,
+                                        headers, drop, body, opts.key, nil, r.id, nil, true, true)
   if not h then
     local kind, msg = t, status
     r.ctx.upstream_error = kind

@@ -200,13 +200,9 @@ local function traceback(err)
   return debug.traceback(tostring(err), 2)
 end
 
-local function serve(cx, sn, ri, method, path, query, ip, port, id, status, allow, params)
+local function serve(cx, sn, ri, method, path, query, id, status, allow)
   local route = ri > 0 and routes[ri] or global
-  local req = new_request({
-    _cx = cx, _sn = sn, _chain = route.chain, method = method, path = path,
-    query_string = query, remote_addr = ip, remote_port = port, id = id,
-    route = route.name, params = params,
-  })
+  local req = new_request(cx, sn, route.chain, method, path, query, id, route.name)
   local ok, err = xpcall(run, traceback, req, route, status, allow)
   if not ok then
     core.log("error", "Lua error: " .. tostring(err),

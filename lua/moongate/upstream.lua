@@ -272,45 +272,50 @@ M.messages = messages
 
 local NOTHING_TRIED = setmetatable({}, { __newindex = function() error("read-only", 2) end })
 
--- One request through the upstream, with balancing and retries. `spec` (the
--- caller's, used up by the call):
--- { method, path_and_query, headers (list of "Name: value"), body, key,
---   timeout (ms), request_id, forward, drop (see core.fetch), status_only }.
+-- core.fetch's options, refilled for each attempt: core.fetch copies what it
+-- needs and never waits, so no other request sees them half-filled.
+local attempt_opts = {}
+
+-- One request through the upstream, with balancing and retries. `spec`:
+-- { method, path_and_query, headers, body, key, timeout (ms), request_id,
+--   trace, forward, drop (see core.fetch), status_only }, read at once: the
+-- caller may refill the same table for its next call (the proxy does).
 -- Returns the open handle, the target, status, headers (nil with
 -- status_only: read them from the handle) -- or nil, kind, msg.
 function M:request(spec)
+  local method, path, headers, drop, body = spec.method, spec.path_and_query, spec.headers,
+                                            spec.drop, spec.body
+  local key, timeout, request_id, status_only = spec.key, spec.timeout or self.timeout,
+                                                spec.request_id, spec.status_only
+  local trace, forward = spec.trace, spec.forward
   local attempts = 1 + self.retries
-  if not (idempotent[spec.method] or self.retry_non_idempotent) then attempts = 1 end
+  if not (idempotent[method] or self.retry_non_idempotent) then attempts = 1 end
   local tried = attempts > 1 and {} or NOTHING_TRIED
   local last_kind, last_msg = "unavailable", "every target is down"
-  -- The spec table becomes core.fetch's options: the target's URL and
-  -- this upstream's timeouts are filled in per attempt.
-  local path = spec.path_and_query
-  spec.path_and_query = nil
-  spec.path = path
-  spec.connect_timeout, spec.read_timeout, spec.verify =
-    self.connect_timeout, self.read_timeout, self.verify_tls
-  spec.timeout = spec.timeout or self.timeout
   local retry_set = self.retry_set
   for attempt = 1, attempts do
-    local t = self:pick(tried, spec.key)
+    local t = self:pick(tried, key)
     if not t then return nil, "unavailable", "every target of upstream " .. self.name .. " is down" end
     if attempts > 1 then tried[t] = true end
     t.active = t.active + 1
-    spec.url = t.url
-    local h, kind, msg = core.fetch(spec)
-    local status, headers
+    local o = attempt_opts
+    o.url, o.path, o.method, o.headers, o.drop, o.body = t.url, path, method, headers, drop, body
+    o.trace, o.forward, o.timeout = trace, forward, timeout
+    o.connect_timeout, o.read_timeout, o.verify = self.connect_timeout, self.read_timeout, self.verify_tls
+    local h, kind, msg = core.fetch(o)
+    o.headers, o.drop, o.body = nil, nil, nil    -- nothing kept alive by the shared table
+    local status
     if h then
-      if spec.status_only then status, kind, msg = wait_status(h) else status, kind, msg = wait_head(h) end
+      if status_only then status, kind, msg = wait_status(h) else status, kind, msg = wait_head(h) end
     end
     if status then
-      headers = kind
+      local answer_headers = kind                -- wait_head's second result (nil: status_only)
       local retry = retry_set[status]
       -- Like nginx's max_fails: a status counts against the target only when
       -- it is one we retry on (502/503/504 by default), not any 5xx.
       if retry then self:failed(t, tostring(status)) else self:succeeded(t) end
       -- The target stays busy (least-busy) until the caller calls done(t).
-      if not (retry and attempt < attempts) then return h, t, status, headers end
+      if not (retry and attempt < attempts) then return h, t, status, answer_headers end
       t.active = t.active - 1
       h:close()
       kind, msg = tostring(status), "upstream answered " .. status
@@ -323,7 +328,7 @@ function M:request(spec)
              self.name, attempt, attempts, t.url, kind, msg or ""),
              string.format('"upstream":%s,"target":%s,"attempt":%d,"kind":%s,"request_id":%s',
                            cjson.encode(self.name), cjson.encode(t.url), attempt,
-                           cjson.encode(kind), cjson.encode(spec.request_id or "")))
+                           cjson.encode(kind), cjson.encode(request_id or "")))
     last_kind, last_msg = kind, msg
     if not retry_set[kind] then break end
   end

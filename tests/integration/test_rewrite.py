@@ -38,6 +38,38 @@ def test_request_rewrite_reaches_the_upstream(gateway):
     assert seen["body"] == {"input": "hi", "n": 2, "stream": False}
 
 
+def test_proxy_header_rewrites_replace_the_clients_in_any_case(gateway):
+    """One source of rewrites (here opts.headers) goes to the C side as it is;
+    several are merged first, the later one winning: set_header, then
+    upstream_headers, then opts.headers. Either way a name replaces the client's header of
+    that name in any case, false removes it, and a list gives one line each."""
+    origin = gateway(ORIGIN)
+    g = gateway("""
+    return { listen = "127.0.0.1:8080",
+      upstreams = { o = { targets = { "http://127.0.0.1:%d" } } },
+      routes = {
+        { "GET", "/one", function(req)
+            return req:proxy("o", { headers = { ["x-a"] = "set", ["X-B"] = false, ["X-List"] = { "1", "2" } } })
+          end },
+        { "GET", "/three", function(req)
+            req:set_header("X-A", "from set_header")
+            req:set_header("X-E", "e")
+            req.upstream_headers["x-a"] = "from upstream_headers"
+            req.upstream_headers["X-C"] = "c"
+            req.upstream_headers["x-e"] = false
+            return req:proxy("o", { headers = { ["X-A"] = "from opts", ["x-b"] = false, ["X-D"] = "d" } })
+          end },
+      } }
+    """ % origin.port)
+    client = {"X-A": "client", "x-b": "client", "X-List": "client", "X-Keep": "k"}
+    h = requests.get(g.url("/one"), headers=client).json()["headers"]
+    assert h["x-a"] == "set" and "x-b" not in h and h["x-list"] == "1, 2" and h["x-keep"] == "k"
+    h = requests.get(g.url("/three"), headers=client).json()["headers"]
+    assert h["x-a"] == "from opts" and "x-b" not in h
+    assert h["x-c"] == "c" and h["x-d"] == "d" and h["x-list"] == "client" and h["x-keep"] == "k"
+    assert "x-e" not in h
+
+
 def test_response_rewrite_status_headers_and_json(gateway):
     origin = gateway(ORIGIN)
     g = gateway("""
