@@ -21,6 +21,8 @@
 --                traffic through under a local limit of the same size, false = 503
 --   headers      add RateLimit-Limit / -Remaining / -Reset (true)
 -- Over the limit: 429 "too many requests" with Retry-After, shaped by `errors`.
+-- For later policies: req.ctx.rate_limit_remaining (requests left in the
+-- window) and req.ctx.rate_limit_reset (seconds until it resets).
 local core = require "moongate.core"
 local redis = require "moongate.redis"
 
@@ -159,7 +161,10 @@ return {
     end
     local reset = math.max(0, math.ceil(reset_ms / 1000))
     local remaining = math.max(0, conf.limit - used)
-    req.ctx.rate_limit = { limit = conf.limit, remaining = remaining, reset = reset }
+    -- For the response phase and later policies; two numbers, not a table
+    -- made for every request.
+    local ctx = req.ctx
+    ctx.rate_limit_remaining, ctx.rate_limit_reset = remaining, reset
     if used > conf.limit then
       local h = { ["Retry-After"] = tostring(math.max(1, reset)) }
       if conf.headers then
@@ -171,11 +176,12 @@ return {
   end,
 
   response = function(conf, req, res)
-    local rl = req.ctx.rate_limit
-    if conf.headers and rl and res.status ~= 429 then
-      res.headers["RateLimit-Limit"] = tostring(rl.limit)
-      res.headers["RateLimit-Remaining"] = tostring(rl.remaining)
-      res.headers["RateLimit-Reset"] = tostring(rl.reset)
+    local ctx = req.ctx
+    local remaining = ctx.rate_limit_remaining
+    if conf.headers and remaining and res.status ~= 429 then
+      res.headers["RateLimit-Limit"] = tostring(conf.limit)
+      res.headers["RateLimit-Remaining"] = tostring(remaining)
+      res.headers["RateLimit-Reset"] = tostring(ctx.rate_limit_reset)
     end
   end,
 }

@@ -455,8 +455,9 @@ static void unqueue_send(mg_h1_exchange *x) {
   x->send_queued = 0;
 }
 
-void mg_h1_flush(mg_worker *w) {
+int mg_h1_flush(mg_worker *w) {
   mg_h1_pool *pool = w->h1pool;
+  int n = 0;
   /* Coroutines resumed here (a failed send) may queue new requests: they
    * go out in this same pass, since the loop is about to poll. */
   while (pool && pool->send_head) {
@@ -467,10 +468,12 @@ void mg_h1_flush(mg_worker *w) {
       mg_h1_exchange *next = x->send_next;
       x->send_queued = 0;
       send_request(x);
+      n++;
       x = next;
     }
     mg_fetch_run_ready(w);
   }
+  return n;
 }
 
 static void send_request(mg_h1_exchange *x) {

@@ -182,8 +182,10 @@ static int io_attach(redisAsyncContext *ac, mg_worker *w) {
   return 0;
 }
 
-void mg_redis_flush(mg_worker *w) {
+int mg_redis_flush(mg_worker *w) {
+  int n = 0;
   while (w->redis_dirty) {
+    n++;
     redis_io *io = w->redis_dirty;
     w->redis_dirty = io->next_dirty;
     io->queued = 0;
@@ -191,6 +193,7 @@ void mg_redis_flush(mg_worker *w) {
     redisAsyncHandleWrite(io->ac);       /* may free ac: io_cleanup clears io->ac */
     if (io->ac) io->in_write = 0;
   }
+  return n;
 }
 
 static void idle_cb(uv_idle_t *h);

@@ -9,6 +9,7 @@
 #include "moongate/log.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,10 +208,18 @@ void mg_worker_new_request_id(mg_worker *w, char *out, size_t outlen) {
 
 /* ---- loop callbacks ------------------------------------------------------ */
 
+/* The loop turn's upstream requests and Redis commands go out together, and
+ * then the worker yields the CPU once. An upstream (or Redis) that shares
+ * the core with the worker has just been handed a batch; without the
+ * yield, the scheduler (EEVDF) lets it preempt the worker for only part of
+ * the batch, and the rest waits until the worker has worked through the
+ * next turn's new requests: those answers come a turn late, a few hundred
+ * microseconds (S3 of the bench, upstream on the gateway's core: p99 1.35
+ * -> 1.14 ms, p90 1.0 -> 0.95, for +0.3 us of CPU per request). With
+ * nothing else runnable on the core the call returns at once. */
 static void on_flush(uv_prepare_t *p) {
   mg_worker *w = p->data;
-  mg_h1_flush(w);
-  mg_redis_flush(w);
+  if (mg_h1_flush(w) + mg_redis_flush(w) > 0) sched_yield();
   if (w->access_log.len) {
     mg_log_write(1, w->access_log.data, w->access_log.len);
     w->access_log.len = 0;

@@ -79,8 +79,9 @@ mg_coctx *mg_coctx_new_detached(mg_app *app);
 
 /* redis.c */
 void mg_redis_free(struct mg_redis *pool);
-/* Writes the Redis commands Lua queued this loop turn (worker prepare phase). */
-void mg_redis_flush(struct mg_worker *w);
+/* Writes the Redis commands Lua queued this loop turn (worker prepare phase);
+ * returns on how many connections. */
+int mg_redis_flush(struct mg_worker *w);
 void mg_lua_open_redis(struct lua_State *L);
 
 /* pg.c */

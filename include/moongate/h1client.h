@@ -51,8 +51,8 @@ void mg_h1_stop(mg_fetch *f);
 void mg_h1_consumed(mg_fetch *f);
 void mg_h1_info(mg_fetch *f, mg_fetch_info *out);
 /* Writes the requests queued during this loop turn; from the worker's
- * prepare phase, before the loop polls. */
-void mg_h1_flush(mg_worker *w);
+ * prepare phase, before the loop polls. Returns how many it wrote. */
+int mg_h1_flush(mg_worker *w);
 /* Timeouts of running exchanges and idle connections; from the worker tick. */
 void mg_h1_tick(mg_worker *w);
 

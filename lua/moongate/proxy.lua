@@ -336,8 +336,11 @@ function methods.proxy(r, name, opts)
 
   -- The answer: a HEAD answer keeps the upstream's Content-Length. The
   -- handle stays open until the request is over (the runtime closes it).
-  local res = setmetatable({ status = status, raw = true, _upstream = h,
-                             _keep_length = r.method == "HEAD" }, UpstreamAnswer)
+  -- Four slots, all filled here (_held: false until the body is held); a
+  -- HEAD answer's fifth grows the table, rarely.
+  local res = setmetatable({ status = status, raw = true, _upstream = h, _held = false },
+                           UpstreamAnswer)
+  if r.method == "HEAD" then rawset(res, "_keep_length", true) end
   local on_chunk = opts.on_chunk
   if not on_chunk and h:complete() then
     up:done(t)
