@@ -166,19 +166,25 @@ M.Response = Response
 
 -- core.fetch's options for URL targets: one table, refilled per call.
 -- core.fetch copies what it needs and never waits, so no other request can
--- see it half-filled.
+-- see it half-filled. Its fields are always there (false when unset).
 local fetch_opts = { url = false, path = false, method = false, headers = false, trace = true, body = false,
                      timeout = false, connect_timeout = false }
 -- up:request's spec, likewise one table: up:request reads it before it waits.
-local request_spec = {}
+-- Every field is always there (false when unset): a field set to nil would
+-- be dropped at the table's next rehash and added back by the next call,
+-- which rehashed the table on every request.
+local request_spec = { method = false, path_and_query = false, headers = false, drop = false,
+                       body = false, key = false, timeout = false, request_id = false,
+                       trace = false, forward = false, status_only = false }
 
 local function upstream_request(up, method, pq, headers, drop, body, key, timeout, id, trace,
                                  forward, status_only)
   local s = request_spec
-  s.method, s.path_and_query, s.headers, s.drop, s.body, s.key = method, pq, headers, drop, body, key
-  s.timeout, s.request_id, s.trace, s.forward, s.status_only = timeout, id, trace, forward, status_only
+  s.method, s.path_and_query, s.headers, s.drop = method, pq, headers or false, drop or false
+  s.body, s.key, s.timeout, s.request_id = body or false, key or false, timeout or false, id or false
+  s.trace, s.forward, s.status_only = trace or false, forward or false, status_only or false
   local h, t, status, rh = up:request(s)
-  s.headers, s.drop, s.body = nil, nil, nil    -- read already; nothing kept alive by the table
+  s.headers, s.drop, s.body = false, false, false    -- read already; nothing kept alive by the table
   return h, t, status, rh
 end
 
@@ -216,10 +222,11 @@ function methods.fetch(r, target, opts)
     local kind, msg
     local o = fetch_opts
     -- base and path joined on the C side: no URL string made per call
-    o.url, o.path, o.method, o.headers, o.body = base, pq, method, headers, body
-    o.timeout, o.connect_timeout = timeout or 60000, opts.connect_timeout and opts.connect_timeout * 1000
+    o.url, o.path, o.method, o.headers, o.body = base, pq, method, headers or false, body or false
+    o.timeout = timeout or 60000
+    o.connect_timeout = opts.connect_timeout and opts.connect_timeout * 1000 or false
     h, kind, msg = core.fetch(o)
-    o.url, o.path, o.headers, o.body = nil, nil, nil, nil   -- nothing kept alive by the shared table
+    o.headers, o.body = false, false   -- nothing kept alive by the shared table (false, not nil: see request_spec)
     if not h then return nil, kind, msg end
     if stream then status, kind, msg = upstream.wait_status(h) else status, kind, msg = upstream.wait_head(h) end
     if not status then h:close() return nil, kind, msg end

@@ -97,7 +97,7 @@ local lazy = {
   params = function(r) return req_params(r._cx, r._sn) end,
   remote_addr = function(r) return (req_peer(r._cx, r._sn)) end,
   remote_port = function(r) local _, port = req_peer(r._cx, r._sn); return port end,
-  upstream_headers = function() return {} end,
+  upstream_headers = function() return new_table(0, 2) end,   -- an auth policy sets one or two
 }
 
 Request.__index = function(r, k)

@@ -273,8 +273,12 @@ M.messages = messages
 local NOTHING_TRIED = setmetatable({}, { __newindex = function() error("read-only", 2) end })
 
 -- core.fetch's options, refilled for each attempt: core.fetch copies what it
--- needs and never waits, so no other request sees them half-filled.
-local attempt_opts = {}
+-- needs and never waits, so no other request sees them half-filled. Every
+-- field is always there (false when unset), so the table is never rehashed
+-- (a field set to nil is dropped at a rehash, and added back next time).
+local attempt_opts = { url = false, path = false, method = false, headers = false, drop = false,
+                       body = false, trace = false, forward = false, timeout = false,
+                       connect_timeout = false, read_timeout = false, verify = false }
 
 -- One request through the upstream, with balancing and retries. `spec`:
 -- { method, path_and_query, headers, body, key, timeout (ms), request_id,
@@ -299,11 +303,12 @@ function M:request(spec)
     if attempts > 1 then tried[t] = true end
     t.active = t.active + 1
     local o = attempt_opts
-    o.url, o.path, o.method, o.headers, o.drop, o.body = t.url, path, method, headers, drop, body
-    o.trace, o.forward, o.timeout = trace, forward, timeout
-    o.connect_timeout, o.read_timeout, o.verify = self.connect_timeout, self.read_timeout, self.verify_tls
+    o.url, o.path, o.method, o.headers, o.drop = t.url, path, method, headers or false, drop or false
+    o.body, o.trace, o.forward, o.timeout = body or false, trace or false, forward or false, timeout or false
+    o.connect_timeout, o.read_timeout = self.connect_timeout or false, self.read_timeout or false
+    o.verify = self.verify_tls ~= false
     local h, kind, msg = core.fetch(o)
-    o.headers, o.drop, o.body = nil, nil, nil    -- nothing kept alive by the shared table
+    o.headers, o.drop, o.body = false, false, false   -- nothing kept alive by the shared table
     local status
     if h then
       if status_only then status, kind, msg = wait_status(h) else status, kind, msg = wait_head(h) end
