@@ -32,7 +32,9 @@ local top_schema = {
   workers = { type = "string" },            -- checked by hand: "auto" or n
   limits = { type = "table" },
   shutdown_timeout = { type = "duration", default = "10s" },
-  gc_pause = { type = "integer", min = 100, max = 1000 },   -- LuaJIT's setpause (its default: 200)
+  -- LuaJIT's setpause and setstepmul (its defaults: 200, 200); ours: runtime.lua
+  gc_pause = { type = "integer", default = 150, min = 100, max = 1000 },
+  gc_stepmul = { type = "integer", default = 100, min = 50, max = 1000 },
   health = { type = "string" },             -- or false
   log = { type = "table" },
   policy_paths = { type = "array", items = "string" },
@@ -305,7 +307,7 @@ function M.load(path, overrides)
     settings.keepalive_timeout = limits.keepalive_timeout
     settings.send_timeout = limits.send_timeout
     settings.shutdown_timeout = top.shutdown_timeout
-    settings.gc_pause = top.gc_pause
+    settings.gc_pause, settings.gc_stepmul = top.gc_pause, top.gc_stepmul
     if health == nil then
       settings.health_path = "/health"
     elseif health == false then

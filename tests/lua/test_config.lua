@@ -37,11 +37,15 @@ test("a minimal config loads with defaults", function()
   eq(#app.routes[1].chain, 2)
 end)
 
-test("gc_pause is LuaJIT's setpause, from 100 to 1000", function()
-  local app = load([[return { gc_pause = 400, routes = { { "GET", "/", function() return 200 end } } }]])
+test("gc_pause and gc_stepmul are LuaJIT's setpause and setstepmul", function()
+  local app = load([[return { gc_pause = 400, gc_stepmul = 300, routes = { { "GET", "/", function() return 200 end } } }]])
   eq(app.settings.gc_pause, 400)
+  eq(app.settings.gc_stepmul, 300)
   app = load([[return { routes = { { "GET", "/", function() return 200 end } } }]])
-  eq(app.settings.gc_pause, nil)                 -- LuaJIT's own default stays
+  eq(app.settings.gc_pause, 150)                 -- ours, not LuaJIT's 200
+  eq(app.settings.gc_stepmul, 100)
+  local err0 = load_err([[return { gc_stepmul = 10, routes = { { "GET", "/", function() return 200 end } } }]])
+  assert(tostring(err0):find("gc_stepmul", 1, true), err0)
   local err = load_err([[return { gc_pause = 50, routes = { { "GET", "/", function() return 200 end } } }]])
   assert(tostring(err):find("gc_pause", 1, true), err)
   err = load_err([[return { gc_pause = "big", routes = { { "GET", "/", function() return 200 end } } }]])
