@@ -214,9 +214,9 @@ void mg_worker_new_request_id(mg_worker *w, char *out, size_t outlen) {
  * yield, the scheduler (EEVDF) lets it preempt the worker for only part of
  * the batch, and the rest waits until the worker has worked through the
  * next turn's new requests: those answers come a turn late, a few hundred
- * microseconds (S3 of the bench, upstream on the gateway's core: p99 1.35
- * -> 1.14 ms, p90 1.0 -> 0.95, for +0.3 us of CPU per request). With
- * nothing else runnable on the core the call returns at once. */
+ * microseconds (S3 of the bench, upstream on the gateway's core: p99 1.42
+ * -> 1.23 ms, for ~0.9 us of context switches per request). With nothing
+ * else runnable on the core the call returns at once. */
 static void on_flush(uv_prepare_t *p) {
   mg_worker *w = p->data;
   if (mg_h1_flush(w) + mg_redis_flush(w) > 0) sched_yield();
