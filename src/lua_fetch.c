@@ -20,6 +20,9 @@
  *              req:proxy() passes a request's one set of rewrites as it is.
  *              trace: the current request's X-Request-ID and traceparent
  *              follow the headers (forward includes them already).
+ *   h = core.fetch_args(url, path, method, body, forward, drop, headers, trace,
+ *                       connect_timeout, timeout, read_timeout, verify)
+ *              the same, the options as arguments (no table per call)
  *   h:head()   -> status, headers | nil, kind, message, waiting for the head
  *                 if need be (or nothing: call again -- callers loop, so a
  *                 wake-up without news costs nothing but a second call)
@@ -72,10 +75,12 @@ static const char *const opt_names[OPT_COUNT] = {
   "url", "path", "method", "body", "forward", "drop", "headers", "trace",
   "connect_timeout", "timeout", "read_timeout", "verify"};
 
-/* Pushes opts[name] (the options table is argument 1, a plain table). */
+/* The options, whichever way they came, sit on the stack in OPT order from
+ * FIRST_OPT on (core.fetch reads them out of its table first); get_opt pushes
+ * one of them. */
+#define FIRST_OPT 2
 static void get_opt(lua_State *L, int opt) {
-  lua_pushvalue(L, lua_upvalueindex(opt));
-  lua_rawget(L, 1);
+  lua_pushvalue(L, FIRST_OPT + opt - 1);
 }
 
 static mg_fetch *check_fetch(lua_State *L) { return mg_lua_check_fetch(L, 1); }
@@ -207,8 +212,8 @@ static long opt_ms(lua_State *L, int opt, long dflt) {
   return v;
 }
 
-static int l_fetch(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
+/* Starts the transfer described by the options at FIRST_OPT.. (see get_opt). */
+static int start_fetch(lua_State *L) {
   mg_coctx *cx = lua_getexdata(L);
   if (!cx || !cx->app->w) luaL_error(L, "fetch: not inside a request or timer");
   mg_worker *w = cx->app->w;   /* starting is fine anywhere; waiting is checked in park() */
@@ -299,6 +304,31 @@ static int l_fetch(lua_State *L) {
   u->head = (mg_buf){0};
   f->lua_owned = 1;
   return 1;
+}
+
+/* core.fetch(opts): the options out of the table (by the names in the
+ * upvalues: no name interned per call), onto the stack in OPT order. */
+static int l_fetch(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  luaL_checkstack(L, OPT_COUNT + 16, "fetch");
+  for (int opt = 1; opt <= OPT_COUNT; opt++) {
+    lua_pushvalue(L, lua_upvalueindex(opt));
+    lua_rawget(L, 1);
+  }
+  return start_fetch(L);
+}
+
+/* core.fetch_args(url, path, method, body, forward, drop, headers, trace,
+ * connect_timeout, timeout, read_timeout, verify): core.fetch with its
+ * options as arguments, in that order (OPT order) -- no table to fill and
+ * read back on every upstream attempt (up:request). */
+static int l_fetch_args(lua_State *L) {
+  lua_settop(L, OPT_COUNT);
+  lua_pushnil(L);
+  lua_insert(L, 1);              /* the options at FIRST_OPT.., as core.fetch has them */
+  luaL_checkstack(L, 16, "fetch");
+  return start_fetch(L);
 }
 
 static int push_failure(lua_State *L, mg_fetch *f) {
@@ -545,4 +575,6 @@ void mg_lua_open_fetch(lua_State *L) {
   for (int i = 0; i < OPT_COUNT; i++) lua_pushstring(L, opt_names[i]);
   lua_pushcclosure(L, l_fetch, OPT_COUNT);
   lua_setfield(L, -2, "fetch");   /* into the core table on the stack */
+  lua_pushcfunction(L, l_fetch_args);
+  lua_setfield(L, -2, "fetch_args");
 }

@@ -164,12 +164,8 @@ end
 
 M.Response = Response
 
--- core.fetch's options for URL targets: one table, refilled per call.
--- core.fetch copies what it needs and never waits, so no other request can
--- see it half-filled. Its fields are always there (false when unset).
-local fetch_opts = { url = false, path = false, method = false, headers = false, trace = true, body = false,
-                     timeout = false, connect_timeout = false }
--- up:request's spec, likewise one table: up:request reads it before it waits.
+-- up:request's spec: one table, refilled per call (up:request reads it
+-- before it waits, so no other request sees it half-filled).
 -- Every field is always there (false when unset): a field set to nil would
 -- be dropped at the table's next rehash and added back by the next call,
 -- which rehashed the table on every request.
@@ -220,13 +216,10 @@ function methods.fetch(r, target, opts)
     if not h then return nil, t, status end          -- nil, kind, message
   else
     local kind, msg
-    local o = fetch_opts
     -- base and path joined on the C side: no URL string made per call
-    o.url, o.path, o.method, o.headers, o.body = base, pq, method, headers or false, body or false
-    o.timeout = timeout or 60000
-    o.connect_timeout = opts.connect_timeout and opts.connect_timeout * 1000 or false
-    h, kind, msg = core.fetch(o)
-    o.headers, o.body = false, false   -- nothing kept alive by the shared table (false, not nil: see request_spec)
+    h, kind, msg = core.fetch_args(base, pq, method, body, nil, nil, headers, true,
+                                   opts.connect_timeout and opts.connect_timeout * 1000,
+                                   timeout or 60000, nil, nil)
     if not h then return nil, kind, msg end
     if stream then status, kind, msg = upstream.wait_status(h) else status, kind, msg = upstream.wait_head(h) end
     if not status then h:close() return nil, kind, msg end

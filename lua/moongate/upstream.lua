@@ -272,14 +272,6 @@ M.messages = messages
 
 local NOTHING_TRIED = setmetatable({}, { __newindex = function() error("read-only", 2) end })
 
--- core.fetch's options, refilled for each attempt: core.fetch copies what it
--- needs and never waits, so no other request sees them half-filled. Every
--- field is always there (false when unset), so the table is never rehashed
--- (a field set to nil is dropped at a rehash, and added back next time).
-local attempt_opts = { url = false, path = false, method = false, headers = false, drop = false,
-                       body = false, trace = false, forward = false, timeout = false,
-                       connect_timeout = false, read_timeout = false, verify = false }
-
 -- One request through the upstream, with balancing and retries. `spec`:
 -- { method, path_and_query, headers, body, key, timeout (ms), request_id,
 --   trace, forward, drop (see core.fetch), status_only }, read at once: the
@@ -302,13 +294,10 @@ function M:request(spec)
     if not t then return nil, "unavailable", "every target of upstream " .. self.name .. " is down" end
     if attempts > 1 then tried[t] = true end
     t.active = t.active + 1
-    local o = attempt_opts
-    o.url, o.path, o.method, o.headers, o.drop = t.url, path, method, headers or false, drop or false
-    o.body, o.trace, o.forward, o.timeout = body or false, trace or false, forward or false, timeout or false
-    o.connect_timeout, o.read_timeout = self.connect_timeout or false, self.read_timeout or false
-    o.verify = self.verify_tls ~= false
-    local h, kind, msg = core.fetch(o)
-    o.headers, o.drop, o.body = false, false, false   -- nothing kept alive by the shared table
+    -- core.fetch's options as arguments: no table filled per attempt
+    local h, kind, msg = core.fetch_args(t.url, path, method, body, forward, drop, headers, trace,
+                                         self.connect_timeout, timeout, self.read_timeout,
+                                         self.verify_tls)
     local status
     if h then
       if status_only then status, kind, msg = wait_status(h) else status, kind, msg = wait_head(h) end
