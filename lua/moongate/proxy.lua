@@ -164,26 +164,6 @@ end
 
 M.Response = Response
 
--- up:request's spec: one table, refilled per call (up:request reads it
--- before it waits, so no other request sees it half-filled).
--- Every field is always there (false when unset): a field set to nil would
--- be dropped at the table's next rehash and added back by the next call,
--- which rehashed the table on every request.
-local request_spec = { method = false, path_and_query = false, headers = false, drop = false,
-                       body = false, key = false, timeout = false, request_id = false,
-                       trace = false, forward = false, status_only = false }
-
-local function upstream_request(up, method, pq, headers, drop, body, key, timeout, id, trace,
-                                 forward, status_only)
-  local s = request_spec
-  s.method, s.path_and_query, s.headers, s.drop = method, pq, headers or false, drop or false
-  s.body, s.key, s.timeout, s.request_id = body or false, key or false, timeout or false, id or false
-  s.trace, s.forward, s.status_only = trace or false, forward or false, status_only or false
-  local h, t, status, rh = up:request(s)
-  s.headers, s.drop, s.body = false, false, false    -- read already; nothing kept alive by the table
-  return h, t, status, rh
-end
-
 function methods.fetch(r, target, opts)
   opts = opts or {}
   local up, base, rest = resolve(target)
@@ -211,8 +191,8 @@ function methods.fetch(r, target, opts)
   local timeout = opts.timeout and opts.timeout * 1000
   local h, t, status, rh
   if up then
-    h, t, status, rh = upstream_request(up, method, pq, headers, nil, body, opts.key, timeout, r.id,
-                                        true, nil, stream)
+    h, t, status, rh = up:request(method, pq, headers, nil, body, nil, true, opts.key, timeout, r.id,
+                                  stream)
     if not h then return nil, t, status end          -- nil, kind, message
   else
     local kind, msg
@@ -314,8 +294,8 @@ function methods.proxy(r, name, opts)
   local method = opts.method or r.method
   local body = opts.body or r:body()
   if body == "" and (method == "GET" or method == "HEAD") then body = nil end
-  local h, t, status = upstream_request(up, method, q ~= "" and (path .. "?" .. q) or path,
-                                        headers, drop, body, opts.key, nil, r.id, nil, true, true)
+  local h, t, status = up:request(method, q ~= "" and (path .. "?" .. q) or path, headers, drop,
+                                  body, true, nil, opts.key, nil, r.id, true)
   if not h then
     local kind, msg = t, status
     r.ctx.upstream_error = kind

@@ -272,18 +272,16 @@ M.messages = messages
 
 local NOTHING_TRIED = setmetatable({}, { __newindex = function() error("read-only", 2) end })
 
--- One request through the upstream, with balancing and retries. `spec`:
--- { method, path_and_query, headers, body, key, timeout (ms), request_id,
---   trace, forward, drop (see core.fetch), status_only }, read at once: the
--- caller may refill the same table for its next call (the proxy does).
+-- One request through the upstream, with balancing and retries. Arguments,
+-- not a table (one per request for the collector): method, path (with its
+-- query), headers, drop, body, forward, trace (as core.fetch's), key (for
+-- balance = "hash"), timeout (ms; default the upstream's), request_id (for
+-- the log), status_only (wait for the status line only).
 -- Returns the open handle, the target, status, headers (nil with
 -- status_only: read them from the handle) -- or nil, kind, msg.
-function M:request(spec)
-  local method, path, headers, drop, body = spec.method, spec.path_and_query, spec.headers,
-                                            spec.drop, spec.body
-  local key, timeout, request_id, status_only = spec.key, spec.timeout or self.timeout,
-                                                spec.request_id, spec.status_only
-  local trace, forward = spec.trace, spec.forward
+function M:request(method, path, headers, drop, body, forward, trace, key, timeout, request_id,
+                   status_only)
+  timeout = timeout or self.timeout
   local attempts = 1 + self.retries
   if not (idempotent[method] or self.retry_non_idempotent) then attempts = 1 end
   local tried = attempts > 1 and {} or NOTHING_TRIED

@@ -182,6 +182,48 @@ def test_route_params(gateway):
     assert requests.get(g.url("/users/1/2/posts/x")).status_code == 404
 
 
+PEER = """
+local kept                                  -- a request object kept past its request
+return {
+  listen = "127.0.0.1:8080",
+  routes = {
+    { "GET", "/stash", function(req) kept = req; return 200, "kept" end },
+    { "GET", "/peer", function(req)
+        return 200, { addr = req.remote_addr, port = req.remote_port,
+                      nparams = #req.params + (next(req.params) and 1 or 0) }
+      end },
+    { "GET", "/kept", function()
+        local ok, err = pcall(function() return kept.remote_port end)
+        return 200, { ok = ok, err = tostring(err) }
+      end },
+  },
+}
+"""
+
+
+def test_client_address_and_params_are_read_when_asked(gateway):
+    """remote_addr, remote_port and params come from the server on first use:
+    right during the request, an error (not another request's values) after."""
+    import socket
+    g = gateway(PEER)
+    s = socket.create_connection(("127.0.0.1", g.port))
+    try:
+        s.sendall(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+        assert body == {"addr": "127.0.0.1", "port": s.getsockname()[1], "nparams": 0}
+    finally:
+        s.close()
+    assert requests.get(g.url("/stash")).text == "kept"
+    j = requests.get(g.url("/kept")).json()
+    assert j["ok"] is False and "after its request finished" in j["err"], j
+
+
 def test_answer_shapes(gateway):
     g = gateway(API, files=FILES)
     r = requests.get(g.url("/text"))

@@ -48,6 +48,11 @@ test("rate-limit (local store) counts per key", function()
   local p = testing.policy("rate-limit", { limit = 2, window = "1m", dict = "harness_rl" })
   local function hit(ip) return p:run(testing.request{ remote_addr = ip }).status end
   eq({ hit("10.0.0.1"), hit("10.0.0.1"), hit("10.0.0.1"), hit("10.0.0.2") }, { 200, 200, 429, 200 })
+  -- What later policies see: requests left in the window, seconds until it resets.
+  local req = testing.request{ remote_addr = "10.0.0.3" }
+  eq(p:run(req).status, 200)
+  eq(req.ctx.rate_limit_remaining, 1)
+  assert(req.ctx.rate_limit_reset >= 1 and req.ctx.rate_limit_reset <= 60, req.ctx.rate_limit_reset)
 end)
 
 test("key-auth against a stubbed PostgreSQL", function()
