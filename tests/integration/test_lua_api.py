@@ -8,7 +8,7 @@ import time
 
 import requests
 
-from conftest import SLOW, parse_response, wait_until, requests_default_timeout
+from conftest import SLOW, parse_response, read_all, wait_until, requests_default_timeout
 
 requests_default_timeout()
 
@@ -204,21 +204,12 @@ return {
 def test_client_address_and_params_are_read_when_asked(gateway):
     """remote_addr, remote_port and params come from the server on first use:
     right during the request, an error (not another request's values) after."""
-    import socket
     g = gateway(PEER)
-    s = socket.create_connection(("127.0.0.1", g.port))
-    try:
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
         s.sendall(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-        assert body == {"addr": "127.0.0.1", "port": s.getsockname()[1], "nparams": 0}
-    finally:
-        s.close()
+        status, _, body, _ = parse_response(read_all(s))
+        assert status == 200
+        assert json.loads(body) == {"addr": "127.0.0.1", "port": s.getsockname()[1], "nparams": 0}
     assert requests.get(g.url("/stash")).text == "kept"
     j = requests.get(g.url("/kept")).json()
     assert j["ok"] is False and "after its request finished" in j["err"], j
