@@ -73,14 +73,34 @@ end
 
 local function now_ms() return math.floor(core.now() * 1000) end
 
+-- The counter's name for key `id` in the fixed window starting at `start`:
+-- remembered for the window (up to 10000 keys), so that a request does not
+-- format the window's start and join three strings each time.
+local function window_key(conf, id, start)
+  local names = conf.window_names
+  if conf.window_start ~= start or conf.window_count >= 10000 then
+    names = {}
+    conf.window_names, conf.window_start, conf.window_count = names, start, 0
+  end
+  local k = names[id]
+  if not k then
+    k = conf.prefix .. id .. ":" .. start
+    names[id] = k
+    conf.window_count = conf.window_count + 1
+  end
+  return k
+end
+
 -- Local algorithms: return used (after this request) and ms until reset.
-local function local_check(conf, k, now)
+local function local_check(conf, id, now)
   local d, w = conf.shared, conf.window
   if conf.algorithm == "fixed" then
     local start = now - now % w
-    local n = d:incr(k .. ":" .. start, 1, 0, w / 1000)
+    local n = d:incr(window_key(conf, id, start), 1, 0, w / 1000)
     return n, start + w - now
-  elseif conf.algorithm == "sliding" then
+  end
+  local k = conf.prefix .. id
+  if conf.algorithm == "sliding" then
     local start = now - now % w
     local p = d:get(k .. ":" .. (start - w)) or 0
     local weight = (w - (now - start)) / w
@@ -104,11 +124,11 @@ local function local_check(conf, k, now)
   return conf.limit + 1, interval                    -- heavy contention: refuse
 end
 
-local function redis_check(conf, k, now)
-  local w = conf.window
+local function redis_check(conf, id, now)
+  local w, k = conf.window, conf.prefix .. id
   local r, err
   if conf.algorithm == "fixed" then
-    r, err = FIXED:run({ k .. ":" .. (now - now % w) }, { w })
+    r, err = FIXED:run({ window_key(conf, id, now - now % w) }, { w })
   elseif conf.algorithm == "sliding" then
     r, err = SLIDING:run({ k }, { w, now, conf.limit })
   else
@@ -141,23 +161,24 @@ return {
     if conf.by == "function" and not conf.key then error("key: required when by = \"function\"", 0) end
     conf.shared = core.shdict(conf.dict, 4 * 1024 * 1024)
     conf.prefix = "rl:" .. conf.algorithm .. ":" .. conf.limit .. ":" .. conf.window .. ":"
+    conf.window_names, conf.window_start, conf.window_count = {}, -1, 0   -- window_key()
   end,
 
   access = function(conf, req)
-    local k = conf.prefix .. key_of(conf, req)
+    local id = key_of(conf, req)
     local now = now_ms()
     local used, reset_ms
     if conf.store == "redis" then
       local err
-      used, reset_ms = redis_check(conf, k, now)
+      used, reset_ms = redis_check(conf, id, now)
       if not used then
         err = reset_ms
         if not conf.fault_tolerant then return 503, "rate limiting unavailable" end
         req.ctx.rate_limit_degraded = err
-        used, reset_ms = local_check(conf, k, now)  -- the same limit, per machine
+        used, reset_ms = local_check(conf, id, now)  -- the same limit, per machine
       end
     else
-      used, reset_ms = local_check(conf, k, now)
+      used, reset_ms = local_check(conf, id, now)
     end
     local reset = math.max(0, math.ceil(reset_ms / 1000))
     local remaining = math.max(0, conf.limit - used)

@@ -142,7 +142,7 @@ void mg_worker_access_log(mg_worker *w, mg_request *req, const char *route) {
   mg_buf_appends(b, ",\"bytes\":");
   mg_buf_append_uint(b, req->bytes_sent);
   mg_buf_appends(b, ",\"latency_ms\":");
-  mg_buf_append_ms(b, end - req->start_ns);
+  mg_buf_append_ms(b, req->start_ns ? end - req->start_ns : 0);   /* 0: the log was off when it began */
   mg_buf_appends(b, ",\"route\":\"");
   mg_buf_json_escape(b, route, strlen(route));
   mg_buf_appends(b, "\",\"worker\":");
@@ -339,6 +339,7 @@ static void worker_main(void *arg) {
   w->ready = 1;
   uv_sem_post(w->ready_sem);
   uv_update_time(&w->loop);      /* loading Lua took a while: deadlines start now */
+  mg_clock_use_loop(&w->loop);
   uv_run(&w->loop, UV_RUN_DEFAULT);
   on_flush(&w->flush);
   /* Anything still open (a stop that came before the loop ran) closes here. */
@@ -356,6 +357,7 @@ static void worker_main(void *arg) {
   mg_buf_free(&w->hdrbuf);
   mg_buf_free(&w->fwdbuf);
   mg_buf_free(&w->urlbuf);
+  mg_clock_use_loop(NULL);
   if (uv_loop_close(&w->loop) != 0)
     mg_log(MG_LOG_WARN, NULL, "worker %d: loop closed with open handles", w->id);
 }

@@ -67,8 +67,14 @@ void *mg_xcalloc(size_t n, size_t size);
 void *mg_xrealloc(void *p, size_t n);
 char *mg_xstrdup(const char *s);
 
+/* Clocks. On a worker thread (after mg_clock_use_loop) they are the time
+ * of the loop's current turn: mg_now_ms() is uv_now(), and mg_wall_time()
+ * is read at most once per millisecond of it. Elsewhere they are read as
+ * called. */
+struct uv_loop_s;
+void mg_clock_use_loop(struct uv_loop_s *loop);
 uint64_t mg_now_ms(void);          /* monotonic milliseconds */
-double mg_wall_time(void);         /* unix seconds with sub-second precision */
+double mg_wall_time(void);         /* unix seconds, sub-second precision */
 
 /* "32k", "1m", "512" -> bytes. Returns -1 when the text is not a size. */
 int64_t mg_parse_size(const char *s);

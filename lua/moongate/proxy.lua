@@ -266,8 +266,10 @@ local UpstreamAnswer = {
   end,
 }
 
+local NO_OPTIONS = setmetatable({}, { __newindex = function() error("read-only", 2) end })
+
 function methods.proxy(r, name, opts)
-  opts = opts or {}
+  opts = opts or NO_OPTIONS              -- not a table per request for the collector
   local up = M.registry[name]
   if not up then error(string.format("unknown upstream %q", tostring(name)), 2) end
   -- Request headers: the client's, minus hop-by-hop, plus forwarding facts,

@@ -220,8 +220,10 @@ local function serve(cx, sn, ri, method, path, query, id, status, allow)
   end
   log_phase(req)
   local res = rawget(req, "_res")
+  -- The proxied answer's handle is the runtime's: released (not just
+  -- closed) so the collector has no finalizer to run for it.
   local up = res and rawget(res, "_upstream")
-  if up then up:close() end
+  if up then up:release() end
 end
 
 -- The body of every pooled coroutine: serve one request, yield DONE, wait

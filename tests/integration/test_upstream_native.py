@@ -233,6 +233,43 @@ return {
     assert up.conns == 1
 
 
+def test_fetch_handle_release_frees_it_and_ends_its_use(gateway, scripted):
+    """close() keeps the head readable; release() (the runtime's, at the end
+    of a proxied request) frees it too: every method raises afterwards, and
+    the handle's collection runs no finalizer (it has no __gc any more)."""
+    up = scripted(lambda conn, n, path: [ok()])
+    g = gateway("""
+local core = require "moongate.core"
+local upstream = require "moongate.upstream"
+return {
+  listen = "127.0.0.1:8080",
+  routes = { { "GET", "/release", function(req)
+    local h = core.fetch({ url = "%s/x" })
+    upstream.wait_head(h)
+    h:close()
+    local after_close = h:headers()["content-type"]
+    local had_gc = getmetatable(h).__gc ~= nil
+    h:release()
+    local ok1, e1 = pcall(h.headers, h)
+    local ok2, e2 = pcall(h.status, h)
+    h:release()                                   -- a second release is harmless
+    return 200, { after_close = after_close, had_gc = had_gc,
+                  gc_after = getmetatable(h).__gc ~= nil,
+                  headers_err = not ok1 and tostring(e1), status_err = not ok2 and tostring(e2) }
+  end } },
+}
+""" % up.url)
+    out = requests.get(g.url("/release")).json()
+    assert out["after_close"] == "application/json"
+    assert out["had_gc"] is True and out["gc_after"] is False
+    assert "used after release" in out["headers_err"]
+    assert "used after close" in out["status_err"]
+    # the proxy path releases its handle at the end of every request
+    g2 = gateway(proxy_config(up.url))
+    for _ in range(3):
+        assert requests.get(g2.url("/v1/a")).status_code == 200
+
+
 def test_idle_connection_closed_by_the_upstream_is_not_used(gateway, scripted):
     """The upstream answers (keep-alive) and closes right after: the pooled
     connection hears the EOF and is dropped, the next request connects anew."""

@@ -55,6 +55,25 @@ test("rate-limit (local store) counts per key", function()
   assert(req.ctx.rate_limit_reset >= 1 and req.ctx.rate_limit_reset <= 60, req.ctx.rate_limit_reset)
 end)
 
+test("rate-limit's fixed window starts over, and its key names stay right past 10000 keys", function()
+  local core = require "moongate.core"
+  local p = testing.policy("rate-limit", { limit = 2, window = "200ms", dict = "harness_rl2" })
+  local function hit(ip) return p:run(testing.request{ remote_addr = ip }).status end
+  -- start just after a window began, so three hits fall into one window
+  while math.floor(core.now() * 1000) % 200 > 50 do end
+  eq({ hit("a"), hit("a"), hit("a") }, { 200, 200, 429 })
+  local t = math.floor(core.now() * 1000)
+  while math.floor(core.now() * 1000) - (t - t % 200) < 200 do end   -- the next window
+  eq({ hit("a"), hit("a"), hit("a") }, { 200, 200, 429 })
+  -- more distinct keys in one window than the names remembered for it
+  local q = testing.policy("rate-limit", { limit = 2, window = "1h", dict = "harness_rl3" })
+  local function qhit(ip) return q:run(testing.request{ remote_addr = ip }).status end
+  eq({ qhit("first"), qhit("first") }, { 200, 200 })
+  for i = 1, 10001 do qhit("ip" .. i) end
+  eq(qhit("first"), 429)
+  eq(qhit("ip10001"), 200)
+end)
+
 test("key-auth against a stubbed PostgreSQL", function()
   local pg = testing.stub("moongate.postgres", testing.fake_postgres(function(sql, params)
     if params[1] == "pk-1" then return { { consumer = "erin" } } end
