@@ -1,6 +1,7 @@
 /* Header work of a proxy hop. See include/moongate/forward.h. */
 #include "moongate/forward.h"
 
+#include <stdint.h>
 #include <string.h>
 #include <strings.h>
 
@@ -50,8 +51,9 @@ static void line(mg_buf *out, const char *name, size_t nlen, const char *v, size
   out->data[out->len] = '\0';                /* mg_buf's invariant (reserve keeps room) */
 }
 
-void mg_forward_request_lines(mg_request *req, const mg_forward_drop *drop, mg_buf *out) {
+int mg_forward_request_lines(mg_request *req, const mg_forward_drop *drop, mg_buf *out) {
   size_t connlen = 0, hostlen = 0;
+  int n = 0;
   const char *conn = mg_request_header(req, "connection", 10, &connlen);
   const char *host = mg_request_header(req, "host", 4, &hostlen);
   for (int i = 0; i < req->nhdr; i++) {
@@ -64,6 +66,7 @@ void mg_forward_request_lines(mg_request *req, const mg_forward_drop *drop, mg_b
         dropped(drop, name, h->name_len))
       continue;
     line(out, name, h->name_len, req->head.data + h->value, h->value_len);
+    n++;
   }
   if (!dropped(drop, "x-forwarded-for", 15)) {
     /* The chain the client sent (every such header, in order), then it. */
@@ -76,11 +79,13 @@ void mg_forward_request_lines(mg_request *req, const mg_forward_drop *drop, mg_b
     }
     mg_buf_appends(out, req->remote_ip);
     mg_buf_append(out, "\n", 1);
+    n++;
   }
-  if (!dropped(drop, "x-forwarded-proto", 17)) line(out, "X-Forwarded-Proto", 17, "http", 4);
-  if (host && !dropped(drop, "x-forwarded-host", 16)) line(out, "X-Forwarded-Host", 16, host, hostlen);
-  if (!dropped(drop, "x-request-id", 12)) line(out, "X-Request-ID", 12, req->id, strlen(req->id));
-  if (!dropped(drop, "traceparent", 11)) line(out, "traceparent", 11, mg_forward_traceparent(req), 55);
+  if (!dropped(drop, "x-forwarded-proto", 17)) { line(out, "X-Forwarded-Proto", 17, "http", 4); n++; }
+  if (host && !dropped(drop, "x-forwarded-host", 16)) { line(out, "X-Forwarded-Host", 16, host, hostlen); n++; }
+  if (!dropped(drop, "x-request-id", 12)) { line(out, "X-Request-ID", 12, req->id, strlen(req->id)); n++; }
+  if (!dropped(drop, "traceparent", 11)) { line(out, "traceparent", 11, mg_forward_traceparent(req), 55); n++; }
+  return n;
 }
 
 static int is_hex(const char *s, size_t n) {
@@ -128,22 +133,72 @@ int mg_forward_response_keeps(const char *name, size_t nlen, const char *conn,
   return 1;
 }
 
+/* Whether a Connection value names a header: one made only of keep-alive
+ * (hop-by-hop anyway) and close -- what upstreams send -- names none, and
+ * then no line needs to be checked against it. */
+static int names_a_header(const char *conn, size_t connlen) {
+  const char *p = conn, *end = conn + connlen;
+  while (p < end) {
+    while (p < end && (*p == ',' || *p == ' ' || *p == '\t')) p++;
+    const char *tok = p;
+    while (p < end && *p != ',' && *p != ' ' && *p != '\t') p++;
+    size_t n = (size_t)(p - tok);
+    if (n && !mg_strcaseeq(tok, n, "keep-alive", 10) && !mg_strcaseeq(tok, n, "close", 5))
+      return 1;
+  }
+  return 0;
+}
+
 int mg_forward_response_lines(const char *head, size_t len, int keep_length,
                               const mg_forward_drop *drop, mg_buf *out) {
-  const char *p = head, *end = head + len;
+  /* The first pass splits the lines, remembering up to 32 of them (an
+   * upstream's head has a handful), and finds the Connection value, which
+   * may come after the lines it names; the second decides each line. */
+  enum { REMEMBERED = 32 };
+  struct { const char *p; size_t nlen, len; } lines[REMEMBERED];
+  int n = 0;
+  const char *p = head, *end = head + len, *conn = NULL;
   size_t connlen = 0;
-  const char *conn = mg_forward_find(head, len, "connection", 10, &connlen);
-  int kept_length = 0;
   while (p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
     eol = eol ? eol + 1 : end;
     const char *colon = memchr(p, ':', (size_t)(eol - p));
-    if (colon && mg_forward_response_keeps(p, (size_t)(colon - p), conn, connlen, keep_length) &&
-        !dropped(drop, p, (size_t)(colon - p))) {
-      if (keep_length && mg_strcaseeq(p, (size_t)(colon - p), "content-length", 14)) kept_length = 1;
-      mg_buf_append(out, p, (size_t)(eol - p));
+    size_t nlen = colon ? (size_t)(colon - p) : SIZE_MAX;
+    if (colon && !conn && mg_strcaseeq(p, nlen, "connection", 10)) {
+      const char *v = colon + 1, *ve = eol;
+      while (v < ve && (*v == ' ' || *v == '\t')) v++;
+      while (ve > v && (ve[-1] == '\n' || ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+      conn = v;
+      connlen = (size_t)(ve - v);
+    }
+    if (n < REMEMBERED) {
+      lines[n].p = p;
+      lines[n].nlen = nlen;
+      lines[n].len = (size_t)(eol - p);
+      n++;
     }
     p = eol;
+  }
+  if (conn && !names_a_header(conn, connlen)) conn = NULL;
+  int kept_length = 0;
+  p = head;
+  for (int i = 0; p < end; i++) {
+    const char *lp;
+    size_t nlen, llen;
+    if (i < n) {
+      lp = lines[i].p, nlen = lines[i].nlen, llen = lines[i].len;
+    } else {                                   /* past the remembered lines */
+      const char *eol = memchr(p, '\n', (size_t)(end - p));
+      eol = eol ? eol + 1 : end;
+      const char *colon = memchr(p, ':', (size_t)(eol - p));
+      lp = p, nlen = colon ? (size_t)(colon - p) : SIZE_MAX, llen = (size_t)(eol - p);
+    }
+    p = lp + llen;
+    if (nlen == SIZE_MAX || !mg_forward_response_keeps(lp, nlen, conn, connlen, keep_length) ||
+        dropped(drop, lp, nlen))
+      continue;
+    if (keep_length && mg_strcaseeq(lp, nlen, "content-length", 14)) kept_length = 1;
+    mg_buf_append(out, lp, llen);
   }
   return kept_length;
 }

@@ -78,12 +78,10 @@ static const char *const opt_names[OPT_COUNT] = {
   "connect_timeout", "timeout", "read_timeout", "verify"};
 
 /* The options, whichever way they came, sit on the stack in OPT order from
- * FIRST_OPT on (core.fetch reads them out of its table first); get_opt pushes
- * one of them. */
+ * FIRST_OPT on (core.fetch reads them out of its table first): OPT_AT(opt)
+ * is one's stack slot, read in place (no push and pop per option). */
 #define FIRST_OPT 2
-static void get_opt(lua_State *L, int opt) {
-  lua_pushvalue(L, FIRST_OPT + opt - 1);
-}
+#define OPT_AT(opt) (FIRST_OPT + (opt) - 1)
 
 static mg_fetch *check_fetch(lua_State *L) { return mg_lua_check_fetch(L, 1); }
 
@@ -173,23 +171,20 @@ static int forward_lines(lua_State *L, mg_coctx *cx, mg_buf *out) {
   const char *names[32];
   size_t lens[32];
   mg_forward_drop drop = { names, lens, 0 };
-  get_opt(L, OPT_DROP);
-  if (lua_istable(L, -1)) {
-    int n = (int)lua_objlen(L, -1);
+  if (lua_istable(L, OPT_AT(OPT_DROP))) {
+    int n = (int)lua_objlen(L, OPT_AT(OPT_DROP));
     if (n > 32) luaL_error(L, "fetch: at most 32 names in drop");
     for (int i = 1; i <= n; i++) {
-      lua_rawgeti(L, -1, i);
+      lua_rawgeti(L, OPT_AT(OPT_DROP), i);
       names[i - 1] = luaL_checklstring(L, -1, &lens[i - 1]);   /* kept alive by the table */
       lua_pop(L, 1);
     }
     drop.n = n;
   }
-  lua_pop(L, 1);
   /* The headers table's names replace (or, false, remove) the client's. */
-  get_opt(L, OPT_HEADERS);
-  if (lua_istable(L, -1)) {
+  if (lua_istable(L, OPT_AT(OPT_HEADERS))) {
     lua_pushnil(L);
-    while (lua_next(L, -2)) {
+    while (lua_next(L, OPT_AT(OPT_HEADERS))) {
       lua_pop(L, 1);
       if (lua_type(L, -1) != LUA_TSTRING) continue;
       if (drop.n == 32) luaL_error(L, "fetch: at most 32 header names to replace");
@@ -197,40 +192,28 @@ static int forward_lines(lua_State *L, mg_coctx *cx, mg_buf *out) {
       drop.n++;
     }
   }
-  lua_pop(L, 1);
-  mg_forward_request_lines(cx->req, &drop, out);
-  int n = 0;
-  if (out->len == 0) return 0;
-  for (const char *p = out->data, *end = p + out->len;
-       (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
-    n++;
-  return n;
+  return mg_forward_request_lines(cx->req, &drop, out);
 }
 
 static long opt_ms(lua_State *L, int opt, long dflt) {
-  get_opt(L, opt);
-  long v = lua_isnumber(L, -1) ? (long)lua_tonumber(L, -1) : dflt;
-  lua_pop(L, 1);
-  return v;
+  return lua_isnumber(L, OPT_AT(opt)) ? (long)lua_tonumber(L, OPT_AT(opt)) : dflt;
 }
 
-/* Starts the transfer described by the options at FIRST_OPT.. (see get_opt). */
+/* Starts the transfer described by the options at FIRST_OPT.. (see OPT_AT). */
 static int start_fetch(lua_State *L) {
   mg_coctx *cx = lua_getexdata(L);
   if (!cx || !cx->app->w) luaL_error(L, "fetch: not inside a request or timer");
   mg_worker *w = cx->app->w;   /* starting is fine anywhere; waiting is checked in park() */
   mg_fetch_spec spec;
   memset(&spec, 0, sizeof spec);
-  get_opt(L, OPT_URL);
-  spec.url = luaL_checklstring(L, -1, &spec.url_len);
+  spec.url = luaL_checklstring(L, OPT_AT(OPT_URL), &spec.url_len);
   if (strncmp(spec.url, "http://", 7) != 0 && strncmp(spec.url, "https://", 8) != 0)
     luaL_error(L, "fetch: url must start with http:// or https://");
-  get_opt(L, OPT_PATH);
-  if (!lua_isnil(L, -1)) {
+  if (!lua_isnoneornil(L, OPT_AT(OPT_PATH))) {
     /* base .. path without a Lua string: the URL is only needed until
      * mg_fetch_start has copied what it uses. */
     size_t plen;
-    const char *path = luaL_checklstring(L, -1, &plen);
+    const char *path = luaL_checklstring(L, OPT_AT(OPT_PATH), &plen);
     mg_buf *u = &w->urlbuf;
     u->len = 0;
     mg_buf_append(u, spec.url, spec.url_len);
@@ -239,12 +222,11 @@ static int start_fetch(lua_State *L) {
     spec.url = u->data;
     spec.url_len = u->len - 1;
   }
-  get_opt(L, OPT_METHOD);
-  spec.method = luaL_optstring(L, -1, "GET");
-  get_opt(L, OPT_BODY);
-  if (lua_isstring(L, -1)) spec.body = lua_tolstring(L, -1, &spec.body_len);
-  /* url, method and body stay on the stack (so their strings stay alive)
-   * until mg_fetch_start has copied them. */
+  spec.method = luaL_optstring(L, OPT_AT(OPT_METHOD), "GET");
+  if (lua_isstring(L, OPT_AT(OPT_BODY)))
+    spec.body = lua_tolstring(L, OPT_AT(OPT_BODY), &spec.body_len);
+  /* url, method and body are kept alive by their stack slots until
+   * mg_fetch_start has copied them. */
 
   /* Headers, in this order: the forwarded ones (forward = true), the
    * table's list of "Name: value" lines, its name = value pairs, the trace
@@ -255,20 +237,15 @@ static int start_fetch(lua_State *L) {
   mg_buf *fwd = &w->fwdbuf;
   fwd->len = 0;
   int nfwd = 0, nlist = 0, nmade = 0;
-  get_opt(L, OPT_FORWARD);
-  int forward = lua_toboolean(L, -1);
+  int forward = lua_toboolean(L, OPT_AT(OPT_FORWARD));
   if (forward) nfwd = forward_lines(L, cx, fwd);   /* trace's two lines among them, unless dropped */
-  lua_pop(L, 1);
   size_t fwd_end = fwd->len;
-  get_opt(L, OPT_HEADERS);
-  int tbl = lua_gettop(L);
+  int tbl = OPT_AT(OPT_HEADERS);
   if (lua_istable(L, tbl)) {
     nlist = (int)lua_objlen(L, tbl);
     nmade = pair_lines(L, tbl, forward, fwd);
   }
-  get_opt(L, OPT_TRACE);
-  if (lua_toboolean(L, -1) && !forward && cx->req) nmade += trace_lines(cx->req, fwd);
-  lua_pop(L, 1);
+  if (lua_toboolean(L, OPT_AT(OPT_TRACE)) && !forward && cx->req) nmade += trace_lines(cx->req, fwd);
   int n = nfwd + nlist + nmade;
   if (n > (int)(sizeof stack_lines / sizeof *stack_lines))
     lines = lua_newuserdata(L, (size_t)n * sizeof *lines);   /* on the stack until the call ends */
@@ -289,9 +266,7 @@ static int start_fetch(lua_State *L) {
   spec.connect_timeout_ms = opt_ms(L, OPT_CONNECT_TIMEOUT, 5000);
   spec.timeout_ms = opt_ms(L, OPT_TIMEOUT, 60000);
   spec.read_timeout_ms = opt_ms(L, OPT_READ_TIMEOUT, 0);
-  get_opt(L, OPT_VERIFY);
-  spec.verify_tls = !(lua_isboolean(L, -1) && !lua_toboolean(L, -1));
-  lua_pop(L, 1);
+  spec.verify_tls = !(lua_isboolean(L, OPT_AT(OPT_VERIFY)) && !lua_toboolean(L, OPT_AT(OPT_VERIFY)));
 
   char err[256];
   mg_fetch *f = mg_fetch_start(w, &spec, err, sizeof err);

@@ -22,8 +22,8 @@ typedef struct {
  * "Name: value\n": the client's headers minus hop-by-hop ones (and those its
  * Connection header names, Host, Content-Length, Expect), then
  * X-Forwarded-For (the client's chain plus its address), X-Forwarded-Proto,
- * X-Forwarded-Host, X-Request-ID and traceparent. */
-void mg_forward_request_lines(mg_request *req, const mg_forward_drop *drop, mg_buf *out);
+ * X-Forwarded-Host, X-Request-ID and traceparent. Returns how many lines. */
+int mg_forward_request_lines(mg_request *req, const mg_forward_drop *drop, mg_buf *out);
 
 /* The W3C traceparent this hop sends upstream ("00-<trace>-<span>-01"):
  * the client's trace id when it sent a valid one, else a new one; a new

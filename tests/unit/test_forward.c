@@ -131,6 +131,27 @@ static void test_response_filter(void **state) {
   out.len = 0;
   assert_int_equal(mg_forward_response_lines(up, strlen(up), 1, NULL, &out), 1);
   assert_string_equal(out.data, "Server: up\r\nContent-Length: 11\r\nX-A: 1\r\n");
+
+  /* The Connection header after the lines it names, past the 32 lines the
+   * first pass remembers; keep-alive among its names. */
+  mg_buf big = {0}, want = {0};
+  mg_buf_appends(&big, "X-Early: 1\r\n");
+  for (int i = 0; i < 40; i++) {
+    mg_buf_printf(&big, "X-N%d: %d\r\n", i, i);
+    mg_buf_printf(&want, "X-N%d: %d\r\n", i, i);
+  }
+  mg_buf_appends(&big, "X-Late: 2\r\nConnection: keep-alive, X-Early,x-late\r\nX-Last: 3\r\n");
+  mg_buf_appends(&want, "X-Last: 3\r\n");
+  out.len = 0;
+  assert_int_equal(mg_forward_response_lines(big.data, big.len, 0, NULL, &out), 0);
+  assert_string_equal(out.data, want.data);
+  /* Connection: keep-alive alone names nothing to drop */
+  const char *ka = "Connection: keep-alive\r\nX-A: 1\r\nKeep-Alive: timeout=5\r\n";
+  out.len = 0;
+  mg_forward_response_lines(ka, strlen(ka), 0, NULL, &out);
+  assert_string_equal(out.data, "X-A: 1\r\n");
+  mg_buf_free(&big);
+  mg_buf_free(&want);
   mg_buf_free(&out);
 }
 
