@@ -33,7 +33,7 @@ local top_schema = {
   limits = { type = "table" },
   shutdown_timeout = { type = "duration", default = "10s" },
   -- LuaJIT's setpause and setstepmul (its defaults: 200, 200); ours: runtime.lua
-  gc_pause = { type = "integer", default = 150, min = 100, max = 1000 },
+  gc_pause = { type = "integer", default = 200, min = 100, max = 1000 },
   gc_stepmul = { type = "integer", default = 100, min = 50, max = 1000 },
   health = { type = "string" },             -- or false
   log = { type = "table" },

@@ -480,7 +480,7 @@ def test_gc_pause_is_set_in_every_worker(gateway):
     for _ in range(6):                           # both workers, whichever answers
         assert requests.get(g.url("/pause")).json() == {"pause": 400, "stepmul": 300}
     d = gateway(GC_PAUSE % "")
-    assert requests.get(d.url("/pause")).json() == {"pause": 150, "stepmul": 100}   # ours
+    assert requests.get(d.url("/pause")).json() == {"pause": 200, "stepmul": 100}   # ours
 
 
 SET_HEADERS = """
