@@ -498,6 +498,9 @@ static int l_log(lua_State *L) {
   return 0;
 }
 
+/* core.now(): unix seconds, as of the worker loop's current turn (read at
+ * most once per millisecond of it, like ngx.now()); outside a worker (a
+ * config check, `moongate test`) the clock as called. */
 static int l_now(lua_State *L) {
   lua_pushnumber(L, mg_wall_time());
   return 1;
