@@ -204,23 +204,30 @@ return {
     assert up.conns <= 32, up.conns
 
 
-def test_fetch_info_reports_connect_reuse_and_ip(gateway, scripted):
-    up = scripted(lambda conn, n, path: [ok()])
-    g = gateway("""
+def fetch_route_config(path, handler_body):
+    """A gateway with one GET route whose Lua handler is handler_body (core
+    and moongate.upstream in scope)."""
+    return """
 local core = require "moongate.core"
 local upstream = require "moongate.upstream"
 return {
   listen = "127.0.0.1:8080",
-  routes = { { "GET", "/info", function(req)
+  routes = { { "GET", "%s", function(req)
+%s
+  end } },
+}
+""" % (path, handler_body)
+
+
+def test_fetch_info_reports_connect_reuse_and_ip(gateway, scripted):
+    up = scripted(lambda conn, n, path: [ok()])
+    g = gateway(fetch_route_config("/info", """
     local h = core.fetch({ url = "%s/x" })
     local status = upstream.wait_head(h)
     local body = upstream.read_all(h)
     local info = h:info()
     h:close()
-    return 200, { status = status, body = body, info = info }
-  end } },
-}
-""" % up.url)
+    return 200, { status = status, body = body, info = info }""" % up.url))
     first = requests.get(g.url("/info")).json()
     second = requests.get(g.url("/info")).json()
     assert first["status"] == 200 and first["body"] == '{"ok":true}'
@@ -238,12 +245,7 @@ def test_fetch_handle_release_frees_it_and_ends_its_use(gateway, scripted):
     of a proxied request) frees it too: every method raises afterwards, and
     the handle's collection runs no finalizer (it has no __gc any more)."""
     up = scripted(lambda conn, n, path: [ok()])
-    g = gateway("""
-local core = require "moongate.core"
-local upstream = require "moongate.upstream"
-return {
-  listen = "127.0.0.1:8080",
-  routes = { { "GET", "/release", function(req)
+    g = gateway(fetch_route_config("/release", """
     local h = core.fetch({ url = "%s/x" })
     upstream.wait_head(h)
     h:close()
@@ -255,10 +257,7 @@ return {
     h:release()                                   -- a second release is harmless
     return 200, { after_close = after_close, had_gc = had_gc,
                   gc_after = getmetatable(h).__gc ~= nil,
-                  headers_err = not ok1 and tostring(e1), status_err = not ok2 and tostring(e2) }
-  end } },
-}
-""" % up.url)
+                  headers_err = not ok1 and tostring(e1), status_err = not ok2 and tostring(e2) }""" % up.url))
     out = requests.get(g.url("/release")).json()
     assert out["after_close"] == "application/json"
     assert out["had_gc"] is True and out["gc_after"] is False
