@@ -557,3 +557,32 @@ def test_response_header_values_refuse_cr_lf_nul(gateway):
             assert r.status_code == 500, (b, r.status_code)
         else:
             assert r.status_code == 200 and r.raw.headers.get("X-V") is not None, b
+
+
+def test_core_now_is_the_loop_turns_time(gateway):
+    """core.now() in a worker is the time of the loop's turn (like ngx.now()):
+    it stands still while a handler computes, moves on once the handler has
+    waited, and is the wall clock."""
+    g = gateway("""
+local core = require "moongate.core"
+return {
+  listen = "127.0.0.1:8080",
+  routes = {
+    { "GET", "/now", function(req)
+        local a = core.now()
+        local x = 0
+        for i = 1, 3e7 do x = x + i % 7 end       -- ~10 ms or more of work
+        local b = core.now()
+        req:sleep(0.02)
+        local c = core.now()
+        return 200, { a = a, b = b, c = c, x = x }
+      end },
+  },
+}
+""")
+    before = time.time()
+    out = requests.get(g.url("/now")).json()
+    after = time.time()
+    assert out["a"] == out["b"]
+    assert out["c"] - out["b"] >= 0.015
+    assert before - 0.01 <= out["a"] <= out["c"] <= after + 0.01
