@@ -241,8 +241,8 @@ function M.load(path, overrides)
   -- starts when the heap reaches pause% of what the last one kept, and does
   -- stepmul% of the allocation's size in work as it goes. Ours: 200 and 100
   -- (LuaJIT's: 200 and 200). A request that allocates during a cycle pays
-  -- for a step; stepmul 100 makes the steps gentler, and fewer requests
-  -- slow. The pause sets the CPU: a cycle's work is about the live heap,
+  -- for a step; stepmul 100 makes the steps smaller, so fewer requests are
+  -- slowed. The pause sets the CPU: a cycle's work is about the live heap,
   -- and one comes every (pause - 100)% of it allocated, so 150 cost twice
   -- what 200 does per request (S3 of the bench, ~1 KB of garbage per
   -- request: 0.4 us/req less at 200 than at 150, for a p99 3% higher).
