@@ -133,6 +133,26 @@ int mg_forward_response_keeps(const char *name, size_t nlen, const char *conn,
   return 1;
 }
 
+/* One "Name: value\r\n" line of [p, end): returns where the next starts;
+ * *nlen is the name's length, SIZE_MAX for a line without a colon. */
+static const char *split_line(const char *p, const char *end, size_t *nlen) {
+  const char *eol = memchr(p, '\n', (size_t)(end - p));
+  eol = eol ? eol + 1 : end;
+  const char *colon = memchr(p, ':', (size_t)(eol - p));
+  *nlen = colon ? (size_t)(colon - p) : SIZE_MAX;
+  return eol;
+}
+
+/* The value of the line [p, eol) whose name is nlen long, without the
+ * blanks around it and the line end. */
+static const char *line_value(const char *p, size_t nlen, const char *eol, size_t *vlen) {
+  const char *v = p + nlen + 1, *ve = eol;
+  while (v < ve && (*v == ' ' || *v == '\t')) v++;
+  while (ve > v && (ve[-1] == '\n' || ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+  *vlen = (size_t)(ve - v);
+  return v;
+}
+
 /* Whether a Connection value names a header: one made only of keep-alive
  * (hop-by-hop anyway) and close -- what upstreams send -- names none, and
  * then no line needs to be checked against it. */
@@ -155,50 +175,36 @@ int mg_forward_response_lines(const char *head, size_t len, int keep_length,
    * upstream's head has a handful), and finds the Connection value, which
    * may come after the lines it names; the second decides each line. */
   enum { REMEMBERED = 32 };
-  struct { const char *p; size_t nlen, len; } lines[REMEMBERED];
+  struct { size_t nlen; const char *next; } lines[REMEMBERED];   /* each starts where one ends */
   int n = 0;
   const char *p = head, *end = head + len, *conn = NULL;
   size_t connlen = 0;
   while (p < end) {
-    const char *eol = memchr(p, '\n', (size_t)(end - p));
-    eol = eol ? eol + 1 : end;
-    const char *colon = memchr(p, ':', (size_t)(eol - p));
-    size_t nlen = colon ? (size_t)(colon - p) : SIZE_MAX;
-    if (colon && !conn && mg_strcaseeq(p, nlen, "connection", 10)) {
-      const char *v = colon + 1, *ve = eol;
-      while (v < ve && (*v == ' ' || *v == '\t')) v++;
-      while (ve > v && (ve[-1] == '\n' || ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-      conn = v;
-      connlen = (size_t)(ve - v);
-    }
+    size_t nlen;
+    const char *next = split_line(p, end, &nlen);
+    if (!conn && nlen != SIZE_MAX && mg_strcaseeq(p, nlen, "connection", 10))
+      conn = line_value(p, nlen, next, &connlen);
     if (n < REMEMBERED) {
-      lines[n].p = p;
       lines[n].nlen = nlen;
-      lines[n].len = (size_t)(eol - p);
+      lines[n].next = next;
       n++;
     }
-    p = eol;
+    p = next;
   }
   if (conn && !names_a_header(conn, connlen)) conn = NULL;
   int kept_length = 0;
   p = head;
   for (int i = 0; p < end; i++) {
-    const char *lp;
-    size_t nlen, llen;
-    if (i < n) {
-      lp = lines[i].p, nlen = lines[i].nlen, llen = lines[i].len;
-    } else {                                   /* past the remembered lines */
-      const char *eol = memchr(p, '\n', (size_t)(end - p));
-      eol = eol ? eol + 1 : end;
-      const char *colon = memchr(p, ':', (size_t)(eol - p));
-      lp = p, nlen = colon ? (size_t)(colon - p) : SIZE_MAX, llen = (size_t)(eol - p);
-    }
-    p = lp + llen;
+    const char *lp = p, *next;
+    size_t nlen;
+    if (i < n) next = lines[i].next, nlen = lines[i].nlen;
+    else next = split_line(p, end, &nlen);           /* past the remembered lines */
+    p = next;
     if (nlen == SIZE_MAX || !mg_forward_response_keeps(lp, nlen, conn, connlen, keep_length) ||
         dropped(drop, lp, nlen))
       continue;
     if (keep_length && mg_strcaseeq(lp, nlen, "content-length", 14)) kept_length = 1;
-    mg_buf_append(out, lp, llen);
+    mg_buf_append(out, lp, (size_t)(next - lp));
   }
   return kept_length;
 }
@@ -207,17 +213,10 @@ const char *mg_forward_find(const char *head, size_t len, const char *name,
                             size_t nlen, size_t *vlen) {
   const char *p = head, *end = head + len;
   while (p < end) {
-    const char *eol = memchr(p, '\n', (size_t)(end - p));
-    if (!eol) eol = end;
-    const char *colon = memchr(p, ':', (size_t)(eol - p));
-    if (colon && mg_strcaseeq(p, (size_t)(colon - p), name, nlen)) {
-      const char *v = colon + 1, *ve = eol;
-      while (v < ve && (*v == ' ' || *v == '\t')) v++;
-      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-      *vlen = (size_t)(ve - v);
-      return v;
-    }
-    p = eol + 1;
+    size_t l;
+    const char *next = split_line(p, end, &l);
+    if (l != SIZE_MAX && mg_strcaseeq(p, l, name, nlen)) return line_value(p, l, next, vlen);
+    p = next;
   }
   return NULL;
 }
